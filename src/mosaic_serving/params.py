@@ -1,0 +1,126 @@
+"""Declarative request fields: name, type, default and check, validated in one place.
+
+Every handler describes the fields it accepts as a list of `Field`s and calls
+`parse_fields`; the error messages therefore look the same for every model and always name
+the field. Unknown fields are rejected rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from mosaic_serving.errors import InvalidRequestError
+
+REQUIRED = object()  # sentinel default: the field must be given
+
+
+@dataclass(frozen=True)
+class Field:
+    """One accepted request field.
+
+    `kind` is `int`, `float`, `bool`, `str` or `list` (of str); `check` returns True for an
+    acceptable value and `rule` says in words what it accepts (shown in errors).
+    """
+
+    name: str
+    kind: type
+    default: Any = None
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def in_range(low: float, high: float, low_open: bool = False) -> Callable[[Any], bool]:
+    if low_open:
+        return lambda value: low < value <= high
+    return lambda value: low <= value <= high
+
+
+def coerce(field: Field, value: Any, where: str, from_string: bool = False) -> Any:
+    """Return `value` as `field.kind`, or raise naming the field.
+
+    bool is not accepted as a number, a float with a fraction not as an int, so that a
+    mistyped request fails loudly. `from_string` also parses "8" / "0.5" / "true", for
+    clients (vLLM-style `sampling_parameters`) that send every value as a string.
+    """
+    if from_string and isinstance(value, str) and field.kind is not str:
+        value = _parse_string(field, value, where)
+    kind = field.kind
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise InvalidRequestError(f"{where} '{field.name}' must be a string or a list of strings, got {value!r}")
+    raise InvalidRequestError(
+        f"{where} '{field.name}' must be {_kind_name(kind)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _parse_string(field: Field, text: str, where: str) -> Any:
+    try:
+        if field.kind is bool:
+            if text.lower() in ("true", "1"):
+                return True
+            if text.lower() in ("false", "0"):
+                return False
+            raise ValueError(text)
+        if field.kind is int:
+            return int(text)
+        if field.kind is float:
+            return float(text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{where} '{field.name}' must be {_kind_name(field.kind)}, got {text!r}"
+        ) from None
+    return text
+
+
+def _kind_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}.get(kind, kind.__name__)
+
+
+def parse_fields(
+    given: Mapping[str, Any],
+    fields: Iterable[Field],
+    where: str = "parameter",
+    from_string: bool = False,
+) -> dict[str, Any]:
+    """Validate `given` against `fields`; return every field with defaults filled in.
+
+    A field whose default is None and that was not given is left out of the result, so the
+    caller can tell "not given" from a value.
+    """
+    by_name = {field.name: field for field in fields}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown {where} {', '.join(repr(name) for name in unknown)}; "
+            f"accepted: {', '.join(sorted(by_name))}"
+        )
+    parsed: dict[str, Any] = {}
+    for name, field in by_name.items():
+        if name in given and given[name] is not None:
+            value = coerce(field, given[name], where, from_string)
+            if field.check is not None and not field.check(value):
+                raise InvalidRequestError(f"{where} '{name}' must be {field.rule}, got {value!r}")
+            parsed[name] = value
+        elif field.default is REQUIRED:
+            raise InvalidRequestError(f"{where} '{name}' is required")
+        elif field.default is not None:
+            parsed[name] = field.default
+    return parsed
