@@ -19,7 +19,7 @@ REQUIRED = object()  # sentinel default: the field must be given
 class Field:
     """One accepted request field.
 
-    `kind` is `int`, `float`, `bool`, `str` or `list` (of str); `check` returns True for an
+    `kind` is `int`, `float`, `bool`, `str`, `dict` or `list` (of str); `check` returns True for an
     acceptable value and `rule` says in words what it accepts (shown in errors).
     """
 
@@ -60,6 +60,8 @@ def coerce(field: Field, value: Any, where: str, from_string: bool = False) -> A
         return float(value)
     if kind is str and isinstance(value, str):
         return value
+    if kind is dict and isinstance(value, dict):
+        return value
     if kind is list:
         if isinstance(value, str):
             return [value]
@@ -91,7 +93,7 @@ def _parse_string(field: Field, text: str, where: str) -> Any:
 
 
 def _kind_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}.get(kind, kind.__name__)
+    return {int: "an integer", float: "a number", bool: "a boolean", str: "a string", dict: "an object"}.get(kind, kind.__name__)
 
 
 def parse_fields(

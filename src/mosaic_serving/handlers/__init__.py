@@ -1,10 +1,21 @@
 """MosaicML-style model handlers: plain classes with `predict` (and `predict_stream`).
 
-Importing a handler class from here is cheap; each module imports its heavy libraries.
+Classes are imported on first use, so that importing one handler does not pull in the
+libraries of the others (diffusers is slow to import).
 """
 
-from mosaic_serving.handlers.diffusion import StableDiffusionHandler
-from mosaic_serving.handlers.instructor import HFInstructorHandler
-from mosaic_serving.handlers.mpt import MPTModelHandler
+import importlib
 
-__all__ = ["HFInstructorHandler", "MPTModelHandler", "StableDiffusionHandler"]
+_HANDLERS = {
+    "MPTModelHandler": "mosaic_serving.handlers.mpt",
+    "HFInstructorHandler": "mosaic_serving.handlers.instructor",
+    "StableDiffusionHandler": "mosaic_serving.handlers.diffusion",
+}
+
+__all__ = sorted(_HANDLERS)
+
+
+def __getattr__(name: str):
+    if name not in _HANDLERS:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(_HANDLERS[name]), name)

@@ -1,0 +1,185 @@
+"""MPTModelHandler: MosaicML's MPT text-generation handler, with per-request parameters.
+
+Request (MosaicML style): `{"input": "<prompt>", "parameters": {<generate kwargs>}}`.
+`predict` returns the prompt followed by the generated text, `predict_stream` yields the new
+text piece by piece. Unlike MosaicML's batch path (where the last request's kwargs won),
+every request keeps its own parameters: requests run in a continuously batched engine.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mosaic_serving.devices import resolve_device, resolve_dtype
+from mosaic_serving.errors import InvalidRequestError
+from mosaic_serving.generation import GenerationEngine, GenerationEvent, SamplingParams
+from mosaic_serving.params import REQUIRED, Field, at_least, in_range, parse_fields
+
+MAX_SEED = 2**64 - 1
+
+REQUEST_FIELDS = [Field("input", str, REQUIRED, lambda text: text.strip() != "", "a non-empty string"),
+                  Field("parameters", dict, None)]
+
+# MosaicML's defaults (max_length 256, do_sample, top_p 0.95, temperature 0.8); the rest are
+# transformers' generate defaults. `max_new_tokens`, when given, wins over `max_length`.
+GENERATE_FIELDS = [
+    Field("max_new_tokens", int, None, at_least(1), ">= 1"),
+    Field("max_length", int, 256, at_least(1), ">= 1"),
+    Field("min_new_tokens", int, 0, at_least(0), ">= 0"),
+    Field("do_sample", bool, True),
+    Field("temperature", float, 0.8, at_least(0.0), ">= 0 (0 means greedy)"),
+    Field("top_p", float, 0.95, in_range(0.0, 1.0, low_open=True), "in (0, 1]"),
+    Field("top_k", int, 0, at_least(0), ">= 0 (0 disables it)"),
+    Field("repetition_penalty", float, 1.0, lambda value: value > 0, "> 0"),
+    Field("seed", int, None, in_range(0, MAX_SEED), f"in [0, {MAX_SEED}]"),
+    Field("stop", list, None, lambda stops: all(stops), "non-empty strings"),
+    Field("eos_token_id", int, None, at_least(0), ">= 0"),
+    # Accepted for MosaicML compatibility: the KV cache is always used (same results, faster).
+    Field("use_cache", bool, True),
+]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: its prompt, the prompt's tokens and its decoding settings."""
+
+    prompt: str
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The whole result of one request."""
+
+    prompt: str
+    text: str  # the generated text only
+    finish_reason: str
+    num_input_tokens: int
+    num_output_tokens: int
+
+
+class MPTModelHandler:
+    """Generates text with an MPT (or any transformers causal LM) checkpoint."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "mosaicml/mpt-7b-instruct",
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        max_batch_size: int = 32,
+        max_input_tokens: int | None = None,
+        max_new_tokens_limit: int = 2048,
+    ):
+        self.device = resolve_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+        ).to(self.device).eval()
+        self.context_length = _context_length(self.model.config)
+        self.max_input_tokens = min(max_input_tokens or self.context_length, self.context_length)
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size)
+
+    # ---- MosaicML interface ------------------------------------------------------------
+
+    def predict(self, model_requests: list[dict[str, Any]]) -> list[str]:
+        """The prompt followed by its generated text, for each request."""
+        return [c.prompt + c.text for c in self.generate(model_requests)]
+
+    def predict_stream(self, **model_request: Any) -> Iterator[str]:
+        """The new text of one request, piece by piece as it decodes."""
+        for event in self.generate_stream(model_request):
+            if event.text:
+                yield event.text
+
+    # ---- richer interface used by the Triton adapter -----------------------------------
+
+    def generate(self, model_requests: list[dict[str, Any]]) -> list[Completion]:
+        """Run all requests concurrently (batched by the engine) and wait for every one."""
+        requests = [self.parse_request(r) for r in model_requests]
+        inboxes = [queue.Queue() for _ in requests]
+        for request, inbox in zip(requests, inboxes):
+            self.engine.submit(request.prompt_ids, request.params, inbox.put)
+        return [_collect(request, inbox) for request, inbox in zip(requests, inboxes)]
+
+    def generate_stream(self, model_request: dict[str, Any]) -> Iterator[GenerationEvent]:
+        """Events of one request; stopping the iteration early cancels the request."""
+        request = self.parse_request(model_request)
+        for event in self.engine.stream(request.prompt_ids, request.params):
+            if event.error:
+                raise RuntimeError(event.error)
+            yield event
+
+    def parse_request(self, model_request: dict[str, Any]) -> GenerationRequest:
+        """Validate a MosaicML request dict; raise InvalidRequestError naming the field."""
+        if not isinstance(model_request, dict):
+            raise InvalidRequestError(f"request must be a dict with 'input' and 'parameters', got {model_request!r}")
+        fields = parse_fields(model_request, REQUEST_FIELDS, where="request field")
+        generate_kwargs = parse_fields(fields.get("parameters", {}), GENERATE_FIELDS)
+        prompt_ids = self.tokenizer(fields["input"])["input_ids"]
+        if len(prompt_ids) > self.max_input_tokens:
+            raise InvalidRequestError(
+                f"input has {len(prompt_ids)} tokens, over the limit of {self.max_input_tokens} (max_input_tokens)"
+            )
+        params = self._sampling_params(generate_kwargs, len(prompt_ids))
+        return GenerationRequest(fields["input"], prompt_ids, params)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _sampling_params(self, kwargs: dict[str, Any], prompt_length: int) -> SamplingParams:
+        max_new_tokens = kwargs.get("max_new_tokens", kwargs["max_length"] - prompt_length)
+        if max_new_tokens < 1:
+            raise InvalidRequestError(
+                f"max_length {kwargs['max_length']} leaves no room after the {prompt_length}-token input; "
+                "raise max_length or set max_new_tokens"
+            )
+        if max_new_tokens > self.max_new_tokens_limit:
+            raise InvalidRequestError(
+                f"max_new_tokens {max_new_tokens} is over the limit of {self.max_new_tokens_limit}"
+            )
+        if prompt_length + max_new_tokens > self.context_length:
+            raise InvalidRequestError(
+                f"max_new_tokens {max_new_tokens} plus the {prompt_length}-token input exceeds the model's "
+                f"context of {self.context_length} tokens"
+            )
+        eos = kwargs.get("eos_token_id", self.tokenizer.eos_token_id)
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            do_sample=kwargs["do_sample"],
+            temperature=kwargs["temperature"],
+            top_p=kwargs["top_p"],
+            top_k=kwargs["top_k"],
+            repetition_penalty=kwargs["repetition_penalty"],
+            min_new_tokens=kwargs["min_new_tokens"],
+            seed=kwargs.get("seed"),
+            stop=tuple(kwargs.get("stop", ())),
+            eos_token_ids=() if eos is None else (eos,),
+        )
+
+
+def _collect(request: GenerationRequest, inbox: queue.Queue) -> Completion:
+    pieces = []
+    while True:
+        event: GenerationEvent = inbox.get()
+        if event.error:
+            raise RuntimeError(event.error)
+        pieces.append(event.text)
+        if event.finish_reason is not None:
+            return Completion(
+                request.prompt, "".join(pieces), event.finish_reason, event.num_input_tokens, event.num_output_tokens
+            )
+
+
+def _context_length(config) -> int:
+    """Longest sequence the model handles: MPT's max_seq_len or the usual position limit."""
+    for name in ("max_seq_len", "max_position_embeddings", "n_positions"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ValueError("cannot tell the model's context length from its config")

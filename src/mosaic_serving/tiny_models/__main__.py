@@ -1,0 +1,3 @@
+from mosaic_serving.tiny_models import main
+
+main()

@@ -1,0 +1,57 @@
+"""A tiny random MPT with a byte-level BPE tokenizer trained here on a built-in text.
+
+Same architecture and files as mosaicml/mpt-7b (`model_type: "mpt"`, loaded by transformers'
+built-in MPT classes), ~0.1M parameters. The tokenizer is byte-level like MPT's GPT-NeoX
+tokenizer, so multi-byte characters can be split across tokens, as with the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import MptConfig, MptForCausalLM, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+CORPUS = [
+    "MosaicML trains and serves large language models such as MPT-7B and MPT-30B.",
+    "Triton Inference Server runs models from many frameworks with dynamic batching.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
+    "Streaming generation sends every new piece of text as soon as it is decoded.",
+    "A café in Zürich serves crème brûlée; 東京の夜は静かです; emojis like 🚀 and 🌍 take four bytes.",
+    "Attention with linear biases lets a model read prompts longer than it was trained on.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Once upon a time there was a little language model that wanted to write poems.",
+]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Train a 384-token byte-level BPE (every byte is a token, so any text encodes)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build(path: Path) -> None:
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = MptConfig(
+        d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=512,
+        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,  # an untied random head gives varied greedy text, not one repeated byte
+    )
+    model = MptForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
