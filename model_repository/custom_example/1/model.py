@@ -1,0 +1,1 @@
+from mosaic_serving.triton.models.custom import TritonPythonModel  # noqa: F401

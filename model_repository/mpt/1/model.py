@@ -1,0 +1,1 @@
+from mosaic_serving.triton.models.mpt import TritonPythonModel  # noqa: F401

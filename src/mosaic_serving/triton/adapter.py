@@ -1,0 +1,107 @@
+"""The shared Triton Python-backend adapter: handler in, Triton model out.
+
+`HandlerModel.initialize` builds the handler from config.pbtxt's parameters on this
+instance's device. Two ways to execute:
+- `BatchedModel` (dynamic batching): every row of every request in `execute` runs in one
+  handler call; if that call fails, each request is retried alone so that only the faulty
+  request gets an error.
+- decoupled models (streaming) send their responses themselves through each request's
+  response sender, see `models/mpt.py` and `models/custom.py`.
+Errors become responses: InvalidRequestError is INVALID_ARGUMENT, anything else INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any, ClassVar
+
+import triton_python_backend_utils as pb_utils
+
+from mosaic_serving.errors import InvalidRequestError
+from mosaic_serving.params import Field
+from mosaic_serving.triton.config import config_parameters, instance_device
+from mosaic_serving.triton.tensors import read_rows
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def error_response(error: Exception) -> pb_utils.InferenceResponse:
+    """A response carrying `error`: INVALID_ARGUMENT for bad input, INTERNAL otherwise."""
+    if isinstance(error, InvalidRequestError):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+    pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+    )
+
+
+class HandlerModel:
+    """Builds the handler and reads request tensors; subclasses say which and how."""
+
+    inputs: ClassVar[list[Field]] = []
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.batched = self.model_config.get("max_batch_size", 0) > 0
+        kwargs = config_parameters(self.model_config)
+        kwargs.setdefault("device", instance_device(args))
+        self.handler = self.create_handler(kwargs)
+
+    def create_handler(self, kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def read(self, request) -> list[dict[str, Any]]:
+        """The request's input tensors as one dict of Python values per batch row."""
+        arrays = {}
+        for field in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, field.name)
+            if tensor is not None:
+                arrays[field.name] = tensor.as_numpy()
+        return read_rows(arrays, self.inputs, self.batched)
+
+    def finalize(self) -> None:
+        close = getattr(self.handler, "close", None)
+        if close is not None:
+            close()
+
+
+class BatchedModel(HandlerModel):
+    """A model whose requests, as dynamic batching delivers them, run in one handler call."""
+
+    def run(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """One result per row, computed together."""
+        raise NotImplementedError
+
+    def output_tensors(self, results: list[Any]) -> list[pb_utils.Tensor]:
+        """The response tensors of one request from its rows' results."""
+        raise NotImplementedError
+
+    def execute(self, requests: list) -> list[pb_utils.InferenceResponse]:
+        rows_per_request: list[list[dict] | Exception] = []
+        for request in requests:
+            try:
+                rows_per_request.append(self.read(request))
+            except Exception as error:  # noqa: BLE001 - becomes this request's error response
+                rows_per_request.append(error)
+        valid = [rows for rows in rows_per_request if not isinstance(rows, Exception)]
+        try:
+            results = iter(self.run([row for rows in valid for row in rows]))
+            outcomes = {id(rows): [next(results) for _ in rows] for rows in valid}
+        except Exception:  # noqa: BLE001 - find the faulty request by running each alone
+            outcomes = {id(rows): self._run_alone(rows) for rows in valid}
+        return [self._respond(rows if isinstance(rows, Exception) else outcomes[id(rows)]) for rows in rows_per_request]
+
+    def _run_alone(self, rows: list[dict[str, Any]]) -> list[Any] | Exception:
+        try:
+            return self.run(rows)
+        except Exception as error:  # noqa: BLE001 - becomes this request's error response
+            return error
+
+    def _respond(self, outcome: list[Any] | Exception) -> pb_utils.InferenceResponse:
+        if isinstance(outcome, Exception):
+            return error_response(outcome)
+        try:
+            return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome))
+        except Exception as error:  # noqa: BLE001
+            return error_response(error)

@@ -1,0 +1,43 @@
+"""The `diffusion` Triton model: prompts to PNG images.
+
+Dynamic batching hands several requests to one `execute`; the handler runs requests with
+the same size, steps and guidance as one pipeline call, each with its own seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+from mosaic_serving.errors import InvalidRequestError
+from mosaic_serving.handlers.diffusion import StableDiffusionHandler
+from mosaic_serving.params import REQUIRED, Field
+from mosaic_serving.triton.adapter import BatchedModel
+from mosaic_serving.triton.tensors import string_tensor
+
+
+class TritonPythonModel(BatchedModel):
+    inputs = [
+        Field("prompt", str, REQUIRED),
+        Field("negative_prompt", str),
+        Field("height", int),
+        Field("width", int),
+        Field("num_inference_steps", int),
+        Field("num_images_per_prompt", int),
+        Field("guidance_scale", float),
+        Field("seed", int),
+    ]
+
+    def create_handler(self, kwargs: dict[str, Any]) -> StableDiffusionHandler:
+        return StableDiffusionHandler(**kwargs)
+
+    def run(self, rows: list[dict[str, Any]]) -> list[list[bytes]]:
+        return self.handler.generate(rows)
+
+    def output_tensors(self, results: list[list[bytes]]) -> list[pb_utils.Tensor]:
+        counts = {len(images) for images in results}
+        if len(counts) != 1:
+            raise InvalidRequestError("num_images_per_prompt must be the same for every row of one request")
+        images = [image for row in results for image in row]
+        return [pb_utils.Tensor("images", string_tensor(images, (len(results), counts.pop())))]
