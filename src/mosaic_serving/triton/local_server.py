@@ -8,7 +8,6 @@ ready. Used by `scripts/serve` and by the test fixtures.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -287,65 +285,3 @@ class LocalTritonServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--env wants KEY=VALUE, got {pair!r}")
-        env[key] = value
-    return env
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the PyPI Triton server locally.")
-    parser.add_argument("--model-repository", required=True)
-    parser.add_argument("--models", nargs="*", default=[], help="models to load (explicit mode)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--env", nargs="*", default=[], metavar="K=V", help="extra environment")
-    parser.add_argument("--log-file", default=None)
-    parser.add_argument("--startup-timeout", type=float, default=600.0)
-    parser.add_argument("--log-verbose", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Start the server, print its endpoints, stop it cleanly on Ctrl-C or SIGTERM."""
-    args = parse_args(argv)
-    stop_event = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop_event.set())
-    server = LocalTritonServer(
-        args.model_repository,
-        models=args.models,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        env=_parse_env(args.env),
-        log_file=args.log_file,
-        extra_args=[f"--log-verbose={args.log_verbose}"] if args.log_verbose else [],
-        startup_timeout=args.startup_timeout,
-    )
-    try:
-        server.start()
-    except ServerStartError as err:
-        print(err, file=sys.stderr)
-        return 1
-    print(f"Triton ready in {server.startup_seconds:.1f} s (log: {server.log_file})", flush=True)
-    print(f"  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}", flush=True)
-    try:
-        while not stop_event.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
-                print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
-                return 1
-    finally:
-        server.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`./scripts/serve`: serve the model repository on a real Triton server until Ctrl-C.
+
+By default the configs point at tiny models built here in seconds (CPU demo, tests); with
+`--real` they keep their defaults (hub ids or whatever MPT_MODEL, INSTRUCTOR_MODEL and
+DIFFUSION_MODEL say), for a GPU host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from mosaic_serving.tiny_models import tiny_model_path
+from mosaic_serving.triton.local_server import LocalTritonServer, ServerStartError
+
+ALL_MODELS = ("mpt", "instructor", "diffusion", "custom_example")
+TINY_MODEL_VARIABLES = {"MPT_MODEL": "mpt", "INSTRUCTOR_MODEL": "instructor", "DIFFUSION_MODEL": "diffusion"}
+
+
+def tiny_model_env(environ=os.environ) -> dict[str, str]:
+    """Point each model at its tiny model, unless the environment already names weights."""
+    return {
+        variable: str(tiny_model_path(name))
+        for variable, name in TINY_MODEL_VARIABLES.items()
+        if not environ.get(variable)
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=Path(__file__).resolve().parents[2] / "model_repository")
+    parser.add_argument("--models", nargs="+", default=list(ALL_MODELS), help="models to load (default: all)")
+    parser.add_argument("--real", action="store_true", help="serve the configured real weights, not tiny models")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-file", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = LocalTritonServer(
+        args.model_repository,
+        models=args.models,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        env={} if args.real else tiny_model_env(),
+        log_file=args.log_file,
+        startup_timeout=1800 if args.real else 300,
+    )
+    try:
+        server.start()
+    except ServerStartError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"Triton is serving {', '.join(args.models)} ({server.startup_seconds:.1f} s to ready; log: {server.log_file})")
+    print(f"  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  http://{server.metrics_url}/metrics")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
