@@ -158,3 +158,30 @@ def test_multibyte_characters_are_never_split_across_pieces(handler):
 def test_bad_input_names_the_field(handler, request_dict, field):
     with pytest.raises(InvalidRequestError, match=field):
         handler.generate([request_dict])
+
+
+def test_a_request_joining_a_running_batch_gets_its_solo_result(handler):
+    """Continuous batching: B joins while A decodes; both equal their solo greedy outputs."""
+    solo = {prompt: generate_one(handler, prompt, max_new_tokens=60, **GREEDY).text for prompt in PROMPTS[:2]}
+    timeline: queue.Queue = queue.Queue()
+    params = SamplingParams(max_new_tokens=60, do_sample=False, eos_token_ids=(handler.tokenizer.eos_token_id,))
+    texts = {prompt: [] for prompt in PROMPTS[:2]}
+
+    def receiver(prompt):
+        def on_event(event):
+            texts[prompt].append(event.text)
+            timeline.put((prompt, event.finish_reason))
+        return on_event
+
+    handler.engine.submit(handler.tokenizer(PROMPTS[0])["input_ids"], params, receiver(PROMPTS[0]))
+    while timeline.get(timeout=10)[0] != PROMPTS[0]:
+        pass
+    handler.engine.submit(handler.tokenizer(PROMPTS[1])["input_ids"], params, receiver(PROMPTS[1]))
+    order, finished = [], 0
+    while finished < 2:
+        prompt, reason = timeline.get(timeout=10)
+        order.append(prompt)
+        finished += reason is not None
+    first_b = order.index(PROMPTS[1])
+    assert PROMPTS[0] in order[first_b:]  # A kept decoding after B joined: they shared steps
+    assert {prompt: "".join(pieces) for prompt, pieces in texts.items()} == solo
