@@ -9,6 +9,7 @@ decoded piece when streaming, one final response otherwise.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.generation import GenerationEvent
 from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
-from mosaic_serving.params import REQUIRED, Field, coerce
+from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
 from mosaic_serving.triton.tensors import string_tensor
 
@@ -27,28 +28,37 @@ _PARAMETER_TENSORS = ("max_new_tokens", "temperature", "top_p", "top_k", "repeti
 _ALIASES = {"max_tokens": "max_new_tokens", "min_length": "min_new_tokens", "min_tokens": "min_new_tokens"}
 _GENERATE_FIELDS = {field.name: field for field in GENERATE_FIELDS}
 
+
+def _as_named(name: str) -> Field:
+    """The handler's field that `name` (itself or an alias) means, under the name the client used."""
+    target = _GENERATE_FIELDS[_ALIASES.get(name, name)]
+    return replace(target, name=name, default=None)
+
+
+# Every generate parameter, and every alias, also as a vLLM-style `sampling_parameters` key.
+_SAMPLING_FIELDS = [_as_named(name) for name in (*_GENERATE_FIELDS, *_ALIASES)]
+
 INPUTS = [
-    Field("text_input", str, REQUIRED),
+    Field("text_input", str, REQUIRED, lambda text: text.strip() != "", "a non-empty string"),
     Field("stream", bool, False),
     Field("exclude_input_in_output", bool, False),
     Field("parameters", str),  # JSON object of generate kwargs, MosaicML style
     Field("sampling_parameters", str),  # JSON object in vLLM's names, values possibly strings
-    Field("max_tokens", int),
-    Field("min_length", int),
-    *(Field(name, _GENERATE_FIELDS[name].kind) for name in _PARAMETER_TENSORS),
+    *(_as_named(name) for name in (*_PARAMETER_TENSORS, "max_tokens", "min_length")),
 ]
 
 
 def model_request(row: dict[str, Any]) -> dict[str, Any]:
-    """A MosaicML request dict from the tensors: explicit tensors win over the JSON objects."""
+    """A MosaicML request dict from the tensors.
+
+    Precedence, lowest first: the `parameters` JSON (passed on as is, checked by the handler),
+    `sampling_parameters` (checked here under the client's names), explicit tensors.
+    """
     parameters = _json_object(row, "parameters")
-    for name, value in _json_object(row, "sampling_parameters").items():
-        name = _ALIASES.get(name, name)
-        field = _GENERATE_FIELDS.get(name)
-        parameters[name] = coerce(field, value, "sampling_parameters field", from_string=True) if field else value
-    for name in (*_PARAMETER_TENSORS, *_ALIASES):
-        if name in row:
-            parameters[_ALIASES.get(name, name)] = row[name]
+    sampling = parse_fields(_json_object(row, "sampling_parameters"), _SAMPLING_FIELDS, "sampling_parameters field", True)
+    explicit = {name: row[name] for name in (*_PARAMETER_TENSORS, *_ALIASES) if name in row}
+    for name, value in (*sampling.items(), *explicit.items()):
+        parameters[_ALIASES.get(name, name)] = value
     return {"input": row["text_input"], "parameters": parameters}
 
 
