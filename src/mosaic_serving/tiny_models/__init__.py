@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 # Bump a builder's version to rebuild its model in existing caches.
-BUILDERS = {"mpt": 1, "instructor": 1, "diffusion": 1}
+BUILDERS = {"mpt": 1, "mpt_small": 1, "instructor": 1, "diffusion": 1}
 DEFAULT_CACHE = Path(os.environ.get("MOSAIC_SERVING_CACHE", Path.home() / ".cache" / "mosaic-serving"))
 
 
@@ -36,7 +36,7 @@ def tiny_model_path(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cache_dir", nargs="?", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--only", nargs="*", choices=sorted(BUILDERS), default=sorted(BUILDERS))
+    parser.add_argument("--only", nargs="*", choices=sorted(BUILDERS), default=["mpt", "instructor", "diffusion"])
     args = parser.parse_args(argv)
     for name in args.only:
         print(f"{name}={tiny_model_path(name, args.cache_dir)}")

@@ -44,11 +44,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build(path: Path) -> None:
+def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, expansion_ratio: int = 2) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = MptConfig(
-        d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=512,
+        d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio, max_seq_len=512,
         vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=False,  # an untied random head gives varied greedy text, not one repeated byte
     )

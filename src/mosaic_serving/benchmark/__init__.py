@@ -1,0 +1,1 @@
+"""`./scripts/bench`: served throughput and latency (perf_analyzer) against in-process baselines."""
