@@ -1,9 +1,15 @@
-"""The one exception type for bad user input.
+"""The exception types that become client-facing error codes.
 
-Handlers raise it with a message that names the offending field; the Triton adapter turns it
-into an INVALID_ARGUMENT response, while any other exception becomes INTERNAL.
+Handlers raise InvalidRequestError with a message that names the offending field; the Triton
+adapter turns it into INVALID_ARGUMENT (HTTP 400). OverloadedError (a full queue) becomes
+UNAVAILABLE (HTTP 503): the request was fine, the client may retry later. Any other
+exception becomes INTERNAL.
 """
 
 
 class InvalidRequestError(ValueError):
     """A request field is missing, of the wrong type, out of range or unknown."""
+
+
+class OverloadedError(RuntimeError):
+    """The model is at capacity (its queue is full); retrying later can succeed."""

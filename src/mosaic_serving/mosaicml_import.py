@@ -72,7 +72,7 @@ BUILTINS = {
         handler="mosaic_serving.handlers.mpt.MPTModelHandler",
         class_names=frozenset({"MPTModelHandler", "MPTFTModelHandler"}),
         parameters=frozenset({WEIGHTS_PARAMETER, "dtype", "trust_remote_code", "max_batch_size",
-                              "max_input_tokens", "max_new_tokens_limit"}),
+                              "max_input_tokens", "max_new_tokens_limit", "max_queue_size"}),
         renames={"model_name": WEIGHTS_PARAMETER, "torch_dtype": "dtype"},
         ignored={
             "attn_impl": "transformers' built-in MPT attention is used",
@@ -96,7 +96,7 @@ BUILTINS = {
         handler="mosaic_serving.handlers.diffusion.StableDiffusionHandler",
         class_names=frozenset({"StableDiffusionHandler"}),
         parameters=frozenset({WEIGHTS_PARAMETER, "dtype", "max_pixels", "max_images_per_request",
-                              "max_inference_steps"}),
+                              "max_inference_steps", "max_images_per_batch"}),
         renames={"model_name": WEIGHTS_PARAMETER, "torch_dtype": "dtype"},
     ),
 }

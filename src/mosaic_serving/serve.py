@@ -39,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="interface the ports listen on (default: localhost only; 0.0.0.0 for all)")
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="refuse model load/unload/index requests from clients (the repository API needs a key only this "
+        "process knows; it still reloads a model whose backend process died)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         env={} if args.real else tiny_model_env(),
         log_file=args.log_file,
         startup_timeout=1800 if args.real else 300,
+        lock_model_control=args.production,
+        address=args.address,
     )
     try:
         server.start()

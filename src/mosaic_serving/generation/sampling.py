@@ -7,6 +7,7 @@ tokens whether it runs alone or batched with others.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,9 @@ class TokenSampler:
         if self.generator is None:
             return int(scores.argmax(dim=-1))
         probs = torch.softmax(scores, dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            # Overflow (e.g. a temperature near 0 makes scores inf): the limit is greedy.
+            return int(torch.nan_to_num(scores, nan=-math.inf).argmax(dim=-1))
         return int(torch.multinomial(probs, num_samples=1, generator=self.generator))
 
 

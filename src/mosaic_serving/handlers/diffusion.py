@@ -54,11 +54,16 @@ class StableDiffusionHandler:
         max_pixels: int = 1024 * 1024,
         max_images_per_request: int = 8,
         max_inference_steps: int = 150,
+        max_images_per_batch: int = 8,
     ) -> None:
+        """The limits bound one request (`max_pixels`, `max_images_per_request`,
+        `max_inference_steps`) and one pipeline call (`max_images_per_batch`: requests batched
+        together are split into calls of at most that many images, so memory stays bounded)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_pixels = max_pixels
         self.max_images_per_request = max_images_per_request
+        self.max_images_per_batch = max_images_per_batch
         self.fields = _fields(max_images_per_request, max_inference_steps)
         # Served images are not filtered: no safety checker is loaded, even from hub ids.
         self.pipeline = StableDiffusionPipeline.from_pretrained(
@@ -81,9 +86,9 @@ class StableDiffusionHandler:
         groups: dict[tuple[int, int, int, float], list[int]] = {}
         for index, request in enumerate(checked):
             groups.setdefault(request.batch_key, []).append(index)
-        # 3. Denoise and decode each group, 4. encode every image as PNG.
+        # 3. Denoise and decode each group (in calls of bounded size), 4. encode as PNG.
         results: list[list[bytes]] = [[] for _ in checked]
-        for indices in groups.values():
+        for indices in (chunk for group in groups.values() for chunk in self._chunks(group, checked)):
             images = self._run_group([checked[index] for index in indices])
             for index, request_images in zip(indices, images):
                 results[index] = [encode_png(image) for image in request_images]
@@ -119,6 +124,20 @@ class StableDiffusionHandler:
             guidance_scale=values["guidance_scale"],
             seed=values["seed"],
         )
+
+    def _chunks(self, indices: list[int], checked: list[ImageRequest]) -> list[list[int]]:
+        """Consecutive runs of `indices` holding at most `max_images_per_batch` images each
+        (a request bigger than that on its own runs alone)."""
+        chunks: list[list[int]] = []
+        images = 0
+        for index in indices:
+            count = len(checked[index].prompts)
+            if not chunks or images + count > self.max_images_per_batch:
+                chunks.append([])
+                images = 0
+            chunks[-1].append(index)
+            images += count
+        return chunks
 
     def _run_group(self, group: list[ImageRequest]) -> list[list[Image.Image]]:
         """One pipeline call for requests sharing a batch key; each request's images.
@@ -175,7 +194,8 @@ def _fields(max_images: int, max_steps: int) -> list[Field]:
         Field("negative_prompt", list),
         Field("height", int, 512, _positive_multiple_of_8, "a positive multiple of 8"),
         Field("width", int, 512, _positive_multiple_of_8, "a positive multiple of 8"),
-        Field("num_inference_steps", int, 50, in_range(1, max_steps), f"between 1 and {max_steps}"),
+        # MosaicML's default of 50 steps, unless the operator's limit is lower.
+        Field("num_inference_steps", int, min(50, max_steps), in_range(1, max_steps), f"between 1 and {max_steps}"),
         Field("num_images_per_prompt", int, 1, in_range(1, max_images), f"between 1 and {max_images}"),
         Field("guidance_scale", float, 7.5, _finite_non_negative, "a finite number >= 0"),
         Field("seed", int, 0, in_range(0, MAX_SEED), "between 0 and 2**64-1"),

@@ -8,6 +8,7 @@ every request keeps its own parameters: requests run in a continuously batched e
 
 from __future__ import annotations
 
+import math
 import queue
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -31,10 +32,10 @@ GENERATE_FIELDS = [
     Field("max_length", int, 256, at_least(1), ">= 1"),
     Field("min_new_tokens", int, 0, at_least(0), ">= 0"),
     Field("do_sample", bool, True),
-    Field("temperature", float, 0.8, at_least(0.0), ">= 0 (0 means greedy)"),
+    Field("temperature", float, 0.8, lambda value: 0 <= value < math.inf, "finite and >= 0 (0 means greedy)"),
     Field("top_p", float, 0.95, in_range(0.0, 1.0, low_open=True), "in (0, 1]"),
     Field("top_k", int, 0, at_least(0), ">= 0 (0 disables it)"),
-    Field("repetition_penalty", float, 1.0, lambda value: value > 0, "> 0"),
+    Field("repetition_penalty", float, 1.0, lambda value: 0 < value < math.inf, "finite and > 0"),
     Field("seed", int, None, in_range(0, MAX_SEED), f"in [0, {MAX_SEED}]"),
     Field("stop", list, None, lambda stops: all(stops), "non-empty strings"),
     Field("eos_token_id", int, None, at_least(0), ">= 0"),
@@ -75,7 +76,11 @@ class MPTModelHandler:
         max_batch_size: int = 32,
         max_input_tokens: int | None = None,
         max_new_tokens_limit: int = 2048,
+        max_queue_size: int | None = None,
     ):
+        """`max_input_tokens` (None or 0: the model's context) and `max_new_tokens_limit` bound
+        one request; `max_queue_size` bounds requests waiting for a batch slot (None: no bound),
+        beyond which `engine.submit` raises OverloadedError."""
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -84,7 +89,7 @@ class MPTModelHandler:
         self.context_length = _context_length(self.model.config)
         self.max_input_tokens = min(max_input_tokens or self.context_length, self.context_length)
         self.max_new_tokens_limit = max_new_tokens_limit
-        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size)
+        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size, max_queue_size or None)
 
     # ---- MosaicML interface ------------------------------------------------------------
 
@@ -121,12 +126,16 @@ class MPTModelHandler:
         if not isinstance(model_request, dict):
             raise InvalidRequestError(f"request must be a dict with 'input' and 'parameters', got {model_request!r}")
         fields = parse_fields(model_request, REQUEST_FIELDS, where="request field")
-        generate_kwargs = parse_fields(fields.get("parameters", {}), GENERATE_FIELDS)
+        given = fields.get("parameters", {})
+        generate_kwargs = parse_fields(given, GENERATE_FIELDS)
         prompt_ids = self.tokenizer(fields["input"])["input_ids"]
         if len(prompt_ids) > self.max_input_tokens:
             raise InvalidRequestError(
                 f"input has {len(prompt_ids)} tokens, over the limit of {self.max_input_tokens} (max_input_tokens)"
             )
+        if given.get("max_new_tokens") is None and given.get("max_length") is None:
+            # MosaicML's default length (max_length 256) never exceeds the operator's limit.
+            generate_kwargs["max_new_tokens"] = min(256 - len(prompt_ids), self.max_new_tokens_limit)
         params = self._sampling_params(generate_kwargs, len(prompt_ids))
         return GenerationRequest(fields["input"], prompt_ids, params)
 
@@ -142,7 +151,8 @@ class MPTModelHandler:
             )
         if max_new_tokens > self.max_new_tokens_limit:
             raise InvalidRequestError(
-                f"max_new_tokens {max_new_tokens} is over the limit of {self.max_new_tokens_limit}"
+                f"max_new_tokens {max_new_tokens} is over the limit of {self.max_new_tokens_limit} "
+                "(max_new_tokens_limit)"
             )
         if prompt_length + max_new_tokens > self.context_length:
             raise InvalidRequestError(

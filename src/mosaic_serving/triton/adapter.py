@@ -7,7 +7,12 @@ instance's device. Two ways to execute:
   request gets an error.
 - decoupled models (streaming) send their responses themselves through each request's
   response sender, see `models/mpt.py` and `models/custom.py`.
-Errors become responses: InvalidRequestError is INVALID_ARGUMENT, anything else INTERNAL.
+Errors become responses: InvalidRequestError is INVALID_ARGUMENT, OverloadedError (a full
+queue) UNAVAILABLE, anything else INTERNAL.
+
+Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
+`max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
+decoding, so an oversize request is refused clearly rather than tokenized or embedded.
 """
 
 from __future__ import annotations
@@ -18,18 +23,22 @@ from typing import Any, ClassVar
 
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError
+from mosaic_serving.errors import InvalidRequestError, OverloadedError
 from mosaic_serving.params import Field
-from mosaic_serving.triton.config import config_parameters, instance_device
-from mosaic_serving.triton.tensors import read_rows
+from mosaic_serving.triton.config import check_model_path, config_parameters, instance_device
+from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
 def error_response(error: Exception) -> pb_utils.InferenceResponse:
-    """A response carrying `error`: INVALID_ARGUMENT for bad input, INTERNAL otherwise."""
+    """A response carrying `error`: INVALID_ARGUMENT for bad input, UNAVAILABLE when
+    overloaded, INTERNAL otherwise."""
     if isinstance(error, InvalidRequestError):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(error, OverloadedError):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
     pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
     return pb_utils.InferenceResponse(
         error=pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
@@ -42,10 +51,13 @@ class HandlerModel:
     inputs: ClassVar[list[Field]] = []
 
     def initialize(self, args: dict[str, str]) -> None:
+        self.args = args
         self.model_config = json.loads(args["model_config"])
         self.batched = self.model_config.get("max_batch_size", 0) > 0
         kwargs = config_parameters(self.model_config)
+        self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
         kwargs.setdefault("device", instance_device(args))
+        check_model_path(kwargs.get("model_name_or_path"))
         self.handler = self.create_handler(kwargs)
 
     def create_handler(self, kwargs: dict[str, Any]) -> Any:
@@ -58,6 +70,11 @@ class HandlerModel:
             tensor = pb_utils.get_input_tensor_by_name(request, field.name)
             if tensor is not None:
                 arrays[field.name] = tensor.as_numpy()
+        size = request_bytes(arrays)
+        if size > self.max_request_bytes:
+            raise InvalidRequestError(
+                f"request inputs are {size} bytes, over the limit of {self.max_request_bytes} (max_request_bytes)"
+            )
         return read_rows(arrays, self.inputs, self.batched)
 
     def finalize(self) -> None:

@@ -1,9 +1,10 @@
 """Handler constructor kwargs from a Triton model config.
 
-Every `parameters` entry of `config.pbtxt` becomes a handler keyword argument. Values may
-name environment variables, `${MPT_MODEL:-mosaicml/mpt-7b-instruct}`, so one repository
-serves real weights on a GPU host and tiny local models elsewhere without edits. Values are
-JSON literals when they parse as one ("8", "true", "0.5"), strings otherwise.
+Every `parameters` entry of `config.pbtxt` becomes a handler keyword argument, except the
+adapter's own (ADAPTER_PARAMETERS). Values may name environment variables,
+`${MPT_MODEL:-mosaicml/mpt-7b-instruct}`, so one repository serves real weights on a GPU host
+and tiny local models elsewhere without edits. Values are JSON literals when they parse as
+one ("8", "true", "0.5"), strings otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import json
 import os
 import re
 from typing import Any, Mapping
+
+# Parameters the shared adapter takes for itself; every other one is a handler kwarg.
+# `max_request_bytes`: any model; `handler`, `max_concurrent_requests`: the generic custom model.
+ADAPTER_PARAMETERS = frozenset({"max_request_bytes", "handler", "max_concurrent_requests"})
 
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -48,3 +53,20 @@ def instance_device(args: Mapping[str, str]) -> str:
     if args.get("model_instance_kind") == "GPU":
         return f"cuda:{args.get('model_instance_device_id', '0')}"
     return "cpu"
+
+
+def check_model_path(model_name_or_path: object) -> None:
+    """Fail a load early and clearly when weights are named by a path that does not exist.
+
+    A hub id is `org/name` (relative, one slash); anything absolute, starting with `.` or `~`,
+    or deeper is a local path. Without this check, a mistyped path becomes a hub lookup that
+    fails later (or hangs offline) with a confusing message.
+    """
+    if not isinstance(model_name_or_path, str):
+        return
+    path = model_name_or_path
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(path)):
+        raise FileNotFoundError(
+            f"model_name_or_path {path!r} does not exist (a local path; hub ids look like 'org/name')"
+        )

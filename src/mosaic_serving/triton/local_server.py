@@ -4,12 +4,21 @@ The wheel carries `tritonserver` 2.51 with the Python backend, but the backend s
 Python version sits apart from the backend; we put the right one in place, start the server
 in its own process group (so stopping it also stops its stub processes) and wait until it is
 ready. Used by `scripts/serve` and by the test fixtures.
+
+Two safety features:
+- a watchdog reloads a model whose backend stub died (killed, out of memory): Triton 2.51
+  does not restart it, and the model would fail every request while still reporting ready;
+- `lock_model_control` keeps the model repository API (load/unload/index) for this process
+  only: clients without the key this process made up get HTTP 403 / gRPC UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +35,8 @@ from types import TracebackType
 from typing import Mapping, Sequence
 
 STUB_NAME = "triton_python_backend_stub"
+ADMIN_HEADER = "mosaic-admin-key"
+log = logging.getLogger(__name__)
 CPU_FLAGS = (
     "--allow-gpu-metrics=false",
     "--pinned-memory-pool-byte-size=0",
@@ -135,10 +147,104 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state letter) of the direct children of `pid`, from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append((int(entry.name), fields[0]))
+    return children
+
+
+def _stub_model(pid: int) -> str | None:
+    """The model a live stub serves: its argv[1] is `<repository>/<model>/<version>/model.py`."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) < 2 or not argv[0].endswith(STUB_NAME.encode()):
+        return None
+    return Path(argv[1].decode(errors="replace")).parents[1].name
+
+
+class StubWatchdog:
+    """Reloads a model (unload, then load) when one of its backend stubs dies.
+
+    Triton reaps stubs it stops itself; a stub that died on its own stays a zombie child of
+    the server. Seen as a zombie on two polls in a row, it counts as crashed.
+    """
+
+    def __init__(self, server: "LocalTritonServer", interval: float = 0.5):
+        self.server = server
+        self.interval = interval
+        self.reloads: list[str] = []  # models reloaded, in order (for tests and logs)
+        self._models: dict[int, str] = {}  # stub pid -> model, learnt while alive
+        self._suspects: set[int] = set()
+        self._handled: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self.learn()  # before returning: a stub killed right away must be known already
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                for model in self.check():
+                    self._reload(model)
+            except Exception:  # noqa: BLE001 - the watchdog must outlive one bad poll
+                log.exception("stub watchdog poll failed")
+
+    def _stubs(self) -> list[tuple[int, str]]:
+        process = self.server.process
+        if process is None or process.poll() is not None:
+            return []
+        return _children(process.pid)
+
+    def learn(self) -> None:
+        """Remember which model each live stub serves (a zombie's command line is gone)."""
+        for pid, state in self._stubs():
+            if state != "Z" and pid not in self._models:
+                self._models[pid] = _stub_model(pid) or ""
+
+    def check(self) -> list[str]:
+        """Models with a stub that has now been dead for two polls."""
+        self.learn()
+        crashed = []
+        for pid, state in self._stubs():
+            if state != "Z" or pid in self._handled:
+                continue
+            if pid in self._suspects and self._models.get(pid):
+                self._handled.add(pid)
+                crashed.append(self._models[pid])
+            self._suspects.add(pid)
+        return sorted(set(crashed))
+
+    def _reload(self, model: str) -> None:
+        log.warning("backend stub of model %r died; reloading the model", model)
+        self.server.repository_request(f"models/{model}/unload")
+        self.server.repository_request(f"models/{model}/load")
+        self.reloads.append(model)
+        self.learn()
+
+
 class LocalTritonServer:
     """A `tritonserver` process with its Python stubs; `with LocalTritonServer(...) as s:`.
 
-    Ports left as 0/None are picked free, so several servers can run side by side. Close
+    Ports left as 0/None are picked free, so several servers can run side by side; they
+    listen on `address`, localhost by default (the server has no authentication). Close
     clients before `stop()`: Triton waits up to `exit_timeout` s for open HTTP connections.
     """
 
@@ -155,6 +261,9 @@ class LocalTritonServer:
         startup_timeout: float = 120.0,
         exit_timeout: int = 5,
         stop_grace: float = 5.0,
+        restart_crashed_models: bool = True,
+        lock_model_control: bool = False,
+        address: str = "127.0.0.1",
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = list(models)
@@ -169,18 +278,27 @@ class LocalTritonServer:
         self.stop_grace = stop_grace
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
+        self.admin_key = secrets.token_hex(16) if lock_model_control else None
+        self.restart_crashed_models = restart_crashed_models
+        self.address = address  # the interface all three ports listen on; 0.0.0.0 for every one
+        self.watchdog: StubWatchdog | None = None
+
+    @property
+    def host(self) -> str:
+        """Where clients on this machine reach the server."""
+        return "localhost" if self.address in ("127.0.0.1", "0.0.0.0", "::", "") else self.address
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"localhost:{self.metrics_port}"
+        return f"{self.host}:{self.metrics_port}"
 
     def command(self, server_dir: Path) -> list[str]:
         """The `tritonserver` command line: explicit model control so only `models` load."""
@@ -188,15 +306,47 @@ class LocalTritonServer:
             str(server_dir / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={server_dir / 'backends'}",
+            f"--http-address={self.address}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--model-control-mode=explicit",
             f"--exit-timeout-secs={self.exit_timeout}",
+            *self._lock_args(),
             *[f"--load-model={name}" for name in self.models],
             *([] if has_gpu() else CPU_FLAGS),
             *self.extra_args,
         ]
+
+    def _lock_args(self) -> list[str]:
+        if self.admin_key is None:
+            return []
+        rule = f"model-repository:{ADMIN_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+    def repository_request(self, path: str, timeout: float = 300) -> tuple[int, object]:
+        """POST /v2/repository/<path> (`index`, `models/mpt/load`, ...) with the admin key if
+        locked: the status and the decoded JSON answer (None when empty)."""
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key is not None:
+            headers[ADMIN_HEADER] = self.admin_key
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/{path}", data=b"{}", headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+            log.warning("repository request %s failed: %s %s", path, status, body[:500])
+        return status, json.loads(body) if body else None
+
+    def model_states(self) -> dict[str, dict]:
+        """Each model of the repository index: {"state": READY/UNAVAILABLE/..., "reason": ...}."""
+        _, index = self.repository_request("index", timeout=30)
+        return {entry["name"]: entry for entry in index or []}
 
     def start(self) -> "LocalTritonServer":
         """Launch the server and block until it reports ready (or raise with its log tail)."""
@@ -226,6 +376,9 @@ class LocalTritonServer:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
+        if self.restart_crashed_models and Path("/proc").is_dir():
+            self.watchdog = StubWatchdog(self)
+            self.watchdog.start()
         return self
 
     def is_ready(self) -> bool:
@@ -267,6 +420,9 @@ class LocalTritonServer:
         """
         if self.process is None:
             return
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         pgid = self.process.pid  # start_new_session: the server leads its own group
         _killpg(pgid, signal.SIGTERM)
         if not _wait_group(pgid, self.exit_timeout + self.stop_grace):

@@ -52,6 +52,17 @@ def _read_row(arrays: Mapping[str, np.ndarray], fields: list[Field]) -> dict[str
     return parse_fields(given, fields, where="input tensor")
 
 
+def request_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Total payload of the input arrays: raw size, or the sum of the elements of STRING ones."""
+    total = 0
+    for array in arrays.values():
+        if array.dtype == object:
+            total += sum(len(item) if isinstance(item, (bytes, str)) else 8 for item in array.reshape(-1))
+        else:
+            total += array.nbytes
+    return total
+
+
 def string_tensor(values: Iterable[str | bytes], shape: tuple[int, ...] | None = None) -> np.ndarray:
     """A Triton STRING/BYTES tensor (numpy object array of bytes)."""
     items = [value.encode("utf-8") if isinstance(value, str) else value for value in values]

@@ -1,7 +1,9 @@
 """The `instructor` Triton model: [instruction, text] rows to normalised embeddings.
 
-Dynamic batching hands several requests to one `execute`; all their rows are embedded in
-one stacked forward pass (see BatchedModel).
+Dynamic batching hands several requests to one `execute`; their rows are embedded in
+stacked forward passes of at most the handler's `max_batch_size` rows (see BatchedModel).
+Limits: rows per request (Triton's `max_batch_size`), tokens per text (`max_seq_length`) and
+bytes per request (`max_request_bytes`), each refused with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ class TritonPythonModel(BatchedModel):
         return HFInstructorHandler(**kwargs)
 
     def run(self, rows: list[dict[str, Any]]) -> list[np.ndarray]:
-        return list(self.handler.embed([(row["instruction"], row["text"]) for row in rows]))
+        pairs = [(row["instruction"], row["text"]) for row in rows]
+        size = self.handler.max_batch_size
+        chunks = (self.handler.embed(pairs[start : start + size]) for start in range(0, len(pairs), size))
+        return [vector for chunk in chunks for vector in chunk]
 
     def output_tensors(self, results: list[np.ndarray]) -> list[pb_utils.Tensor]:
         return [pb_utils.Tensor("embedding", np.stack(results).astype(np.float32))]

@@ -4,6 +4,14 @@ Tensor names follow Triton's LLM backends (DESIGN.md section 3), so `generate`,
 `generate_stream`, perf_analyzer and genai-perf work unchanged. Each request is submitted to
 the handler's continuously batched engine; the engine's events become responses, one per
 decoded piece when streaming, one final response otherwise.
+
+Limits (config.pbtxt parameters): `max_input_tokens`, `max_new_tokens_limit` and
+`max_request_bytes` refuse a request with INVALID_ARGUMENT; `max_queue_size` bounds the
+requests waiting for one of the `max_batch_size` batch slots, beyond which a request gets
+UNAVAILABLE at once. A client that cancels (gRPC stream cancel, HTTP disconnect) leaves the
+batch at the next decode step. Metrics on Triton's metrics port: `mpt_running_requests`,
+`mpt_waiting_requests` (gauges), `mpt_requests_total{finish_reason}`,
+`mpt_rejected_requests_total{code}`, `mpt_generated_tokens_total` (counters).
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError
-from mosaic_serving.generation import GenerationEvent
+from mosaic_serving.errors import InvalidRequestError, OverloadedError
+from mosaic_serving.generation import EngineLoad, GenerationEvent
 from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
 from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
+from mosaic_serving.triton.metrics import ModelMetrics
 from mosaic_serving.triton.tensors import string_tensor
 
 # Optional tensors that are generate parameters under the same name.
@@ -74,17 +83,65 @@ def _json_object(row: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+class GenerationMetrics:
+    """The engine's load and each request's outcome as Prometheus metrics.
+
+    A failing metrics call is logged and ignored: it must never look like a client error to
+    the engine (which cancels a request whose event callback raises).
+    """
+
+    FINISH_REASONS = ("stop", "length", "cancelled", "error")
+    REJECT_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
+
+    def __init__(self, args: dict[str, str]):
+        self.metrics = ModelMetrics(args)
+        self.running = self.metrics.gauge("mpt_running_requests", "Requests decoding in the batch now")
+        self.waiting = self.metrics.gauge("mpt_waiting_requests", "Requests queued for a batch slot")
+        self.tokens = self.metrics.counter("mpt_generated_tokens_total", "Tokens generated, all requests")
+        finished = "Requests finished, by finish_reason"
+        self.finished_by = {
+            reason: self.metrics.counter("mpt_requests_total", finished, finish_reason=reason)
+            for reason in self.FINISH_REASONS
+        }
+        self.rejected_by = {
+            code: self.metrics.counter("mpt_rejected_requests_total", "Requests refused before generation", code=code)
+            for code in self.REJECT_CODES
+        }
+
+    def load(self, load: EngineLoad) -> None:
+        self._safely(lambda: (self.running.set(load.running), self.waiting.set(load.waiting)))
+
+    def finished(self, event: GenerationEvent) -> None:
+        reason = event.finish_reason if event.finish_reason in self.finished_by else "error"
+        self._safely(lambda: (self.finished_by[reason].increment(1), self.tokens.increment(event.num_output_tokens)))
+
+    def rejected(self, error: Exception) -> None:
+        code = "INVALID_ARGUMENT" if isinstance(error, InvalidRequestError) else (
+            "UNAVAILABLE" if isinstance(error, OverloadedError) else "INTERNAL")
+        self._safely(lambda: self.rejected_by[code].increment(1))
+
+    @staticmethod
+    def _safely(update) -> None:
+        try:
+            update()
+        except Exception as error:  # noqa: BLE001 - metrics are best effort
+            pb_utils.Logger.log_warn(f"mpt metrics update failed: {error}")
+
+
 class _ResponseStream:
     """Turns one request's engine events into Triton responses."""
 
-    def __init__(self, request, prompt: str, streaming: bool, include_prompt: bool):
-        self.sender = request.get_response_sender()
+    def __init__(self, sender, prompt: str, streaming: bool, include_prompt: bool, on_final=None):
+        self.sender = sender
         self.streaming = streaming
         self.prefix = prompt if include_prompt and not streaming else ""
         self.pieces: list[str] = []
+        self.on_final = on_final
 
     def on_event(self, event: GenerationEvent) -> None:
         final = event.finish_reason is not None
+        if final and self.on_final is not None:
+            self.on_final(event)
         if event.error:
             self.sender.send(error_response(RuntimeError(event.error)), flags=FINAL)
         elif self.streaming:
@@ -109,16 +166,26 @@ class TritonPythonModel(HandlerModel):
     inputs = INPUTS
 
     def create_handler(self, kwargs: dict[str, Any]) -> MPTModelHandler:
-        return MPTModelHandler(**kwargs)
+        handler = MPTModelHandler(**kwargs)
+        self.metrics = GenerationMetrics(self.args)
+        handler.engine.on_load = self.metrics.load
+        return handler
 
     def execute(self, requests: list) -> None:
         for request in requests:
+            sender = request.get_response_sender()
             try:
-                [row] = self.read(request)
-                parsed = self.handler.parse_request(model_request(row))
+                self._submit(request, sender)
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                request.get_response_sender().send(error_response(error), flags=FINAL)
-                continue
-            stream = _ResponseStream(request, parsed.prompt, row["stream"], not row["exclude_input_in_output"])
-            self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, request.is_cancelled)
+                self.metrics.rejected(error)
+                sender.send(error_response(error), flags=FINAL)
         return None
+
+    def _submit(self, request, sender) -> None:
+        """Validate one request and queue it in the engine (OverloadedError when full)."""
+        [row] = self.read(request)
+        parsed = self.handler.parse_request(model_request(row))
+        stream = _ResponseStream(
+            sender, parsed.prompt, row["stream"], not row["exclude_input_in_output"], self.metrics.finished
+        )
+        self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, request.is_cancelled)
