@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    parser.add_argument("--models", nargs="+", choices=sorted(CONCURRENCY), help="default: all of the size")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
-    paths = {name: tiny_model_path(weights) for name, weights in size["models"].items()}
+    chosen = args.models or list(size["models"])
+    paths = {name: tiny_model_path(weights) for name, weights in size["models"].items() if name in chosen}
     measurements = served(size, paths)
     for name, points in baselines(size, paths).items():
         measurements[name] += points

@@ -56,7 +56,7 @@ def run(
             perf_analyzer_path(), "-m", model, "-u", grpc_url, "-i", "grpc",
             "--input-data", str(data), "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-mode", "count_windows", "--measurement-request-count", str(request_count),
-            "--stability-percentage", "1000", "--max-trials", "3", "--profile-export-file", str(export),
+            "--stability-percentage", "1000", "--max-trials", "10", "--profile-export-file", str(export),
         ]
         if streaming:
             command.append("--streaming")
