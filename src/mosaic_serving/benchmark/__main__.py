@@ -20,6 +20,7 @@ import torch
 
 from mosaic_serving.benchmark import in_process, perf
 from mosaic_serving.benchmark.report import ratios, write_report
+from mosaic_serving.generation import SamplingParams
 from mosaic_serving.tiny_models import tiny_model_path
 from mosaic_serving.triton.local_server import LocalTritonServer
 
@@ -67,7 +68,9 @@ def baselines(size: dict, paths: dict[str, Path]) -> dict[str, list]:
     if "mpt" in paths:
         handler = MPTModelHandler(str(paths["mpt"]))
         rounds = max(2, size["requests"]["mpt"] // 8)
-        results["mpt"] = [in_process.mpt(handler, PROMPT, size["mpt_tokens"], b, rounds) for b in (1, 8)]
+        prompt_ids = handler.tokenizer(PROMPT)["input_ids"]
+        params = SamplingParams(max_new_tokens=size["mpt_tokens"], do_sample=False)
+        results["mpt"] = [in_process.mpt(handler.engine, prompt_ids, params, b, rounds) for b in (1, 8)]
         handler.close()
     if "instructor" in paths:
         handler = HFInstructorHandler(str(paths["instructor"]))

@@ -6,7 +6,7 @@ import threading
 import time
 
 from mosaic_serving.benchmark.stats import Measurement
-from mosaic_serving.generation import SamplingParams
+from mosaic_serving.generation import GenerationEngine, SamplingParams
 
 
 def repeat_batches(run_batch, batch_size: int, seconds: float) -> Measurement:
@@ -31,15 +31,14 @@ def diffusion(handler, request: dict, batch_size: int, seconds: float) -> Measur
     return repeat_batches(lambda: handler.generate([dict(request)] * batch_size), batch_size, seconds)
 
 
-def mpt(handler, prompt: str, max_new_tokens: int, batch_size: int, rounds: int) -> Measurement:
-    """`rounds` times, `batch_size` greedy requests submitted together to the engine."""
-    prompt_ids = handler.tokenizer(prompt)["input_ids"]
-    params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
+def mpt(engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams, batch_size: int,
+        rounds: int) -> Measurement:
+    """`rounds` times, `batch_size` copies of one request submitted together to the engine."""
     latency, first, inter, tokens = [], [], [], 0
-    _generate_round(handler, prompt_ids, params, 1)  # warm-up
+    generate_round(engine, prompt_ids, params, 1)  # warm-up
     start = time.perf_counter()
     for _ in range(rounds):
-        for times, count in _generate_round(handler, prompt_ids, params, batch_size):
+        for times, count in generate_round(engine, prompt_ids, params, batch_size):
             latency.append(times[-1])
             first.append(times[0])
             inter.extend(later - earlier for earlier, later in zip(times, times[1:]))
@@ -48,7 +47,9 @@ def mpt(handler, prompt: str, max_new_tokens: int, batch_size: int, rounds: int)
     return Measurement("in-process", batch_size, rounds * batch_size, elapsed, tokens, latency, first, inter)
 
 
-def _generate_round(handler, prompt_ids, params, batch_size) -> list[tuple[list[float], int]]:
+def generate_round(
+    engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams, batch_size: int
+) -> list[tuple[list[float], int]]:
     """Each request's event times (ms since submission) and generated-token count."""
     results, done = [], threading.Semaphore(0)
     for _ in range(batch_size):
@@ -62,7 +63,7 @@ def _generate_round(handler, prompt_ids, params, batch_size) -> list[tuple[list[
                 count[0] = event.num_output_tokens
                 done.release()
 
-        handler.engine.submit(prompt_ids, params, on_event)
+        engine.submit(prompt_ids, params, on_event)
     for _ in range(batch_size):
         done.acquire()
     return [(times, count[0]) for times, count in results]

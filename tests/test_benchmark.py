@@ -1,0 +1,72 @@
+"""The benchmark tools: reading perf_analyzer's export, the target ratios, and the engine vs
+`model.generate` run (on the tiny shape here; `--shape mpt-7b` on a GPU host)."""
+
+import json
+
+import pytest
+
+from mosaic_serving.benchmark import mpt_engine
+from mosaic_serving.benchmark.perf import measurement_from_export
+from mosaic_serving.benchmark.report import ratios
+from mosaic_serving.benchmark.stats import Measurement
+
+MS = 1_000_000  # nanoseconds
+
+
+def test_export_counts_only_requests_inside_the_windows_and_times_each_response():
+    export = {"experiments": [{
+        "window_boundaries": [10 * MS, 110 * MS],
+        "requests": [
+            {"timestamp": 5 * MS, "response_timestamps": [20 * MS]},  # sent before the window
+            {"timestamp": 20 * MS, "response_timestamps": [25 * MS, 27 * MS, 30 * MS],
+             "response_outputs": [{}, {}, {"num_output_tokens": [3]}]},
+            {"timestamp": 40 * MS, "response_timestamps": [44 * MS, 50 * MS, 60 * MS],
+             "response_outputs": [{}, {}, {"num_output_tokens": [3]}]},
+        ],
+    }]}
+    measurement = measurement_from_export(export, concurrency=2, output_count_key="num_output_tokens")
+    assert measurement.requests == 2 and measurement.outputs == 6
+    assert measurement.seconds == pytest.approx(0.050)  # window start to the last response
+    assert measurement.first_response_ms == [5, 4]
+    assert measurement.inter_response_ms == [2, 3, 6, 10]
+    assert measurement.latency_ms == [10, 20]
+
+
+def _point(mode, concurrency, outputs_per_s, first_ms=()):
+    return Measurement(mode, concurrency, 1, 1.0, outputs_per_s, [1.0], list(first_ms))
+
+
+def test_ratios_compare_the_right_points_against_their_targets():
+    checks = ratios({"mpt": [
+        _point("served", 1, 100, [12.0]), _point("served", 8, 450),
+        _point("in-process", 1, 120, [10.0]), _point("in-process", 8, 700),
+    ]})
+    by_check = {c["check"]: c for c in checks}
+    assert by_check["tokens/s: 8 streams / 1 stream"]["value"] == 4.5
+    assert by_check["tokens/s: 8 streams / 1 stream"]["met"]
+    assert by_check["tokens/s: 8 streams / in-process batch 8"]["value"] == pytest.approx(0.64)
+    assert not by_check["tokens/s: 8 streams / in-process batch 8"]["met"]
+    assert by_check["p50 TTFT at c1: served - in-process (ms)"]["value"] == 2.0
+
+
+def test_engine_benchmark_runs_both_ways_and_agrees_with_generate(tmp_path):
+    report = mpt_engine.main(["--shape", "tiny", "--batch-sizes", "1", "3", "--new-tokens", "8",
+                              "--rounds", "1", "--device", "cpu", "--output", str(tmp_path)])
+    assert report["greedy_engine_vs_generate"] == "identical"
+    points = {(p["mode"], p["concurrency"]): p for p in report["points"]}
+    assert set(points) == {("engine", 1), ("generate", 1), ("engine", 3), ("generate", 3)}
+    assert points[("engine", 3)]["requests"] == 3 and points[("generate", 3)]["requests"] == 3
+    engine = points[("engine", 3)]
+    assert engine["ttft_p50_ms"] < engine["latency_p50_ms"]  # text streamed before the end
+    saved = json.loads((tmp_path / "mpt-engine-tiny.json").read_text())
+    assert saved["points"] == report["points"]
+    assert "| 3 |" in (tmp_path / "mpt-engine-tiny.md").read_text()
+
+
+def test_random_model_only_chooses_tokens_the_tokenizer_can_decode():
+    import torch
+
+    model = mpt_engine.build_random_model("tiny", torch.device("cpu"), torch.float32, tokenizer_size=100)
+    assert model.lm_head.weight.shape[0] == mpt_engine.SHAPES["tiny"]["vocab_size"]
+    assert model.lm_head.weight[100:].abs().sum() == 0
+    assert model.lm_head.weight[:100].abs().sum() > 0
