@@ -13,3 +13,12 @@ class InvalidRequestError(ValueError):
 
 class OverloadedError(RuntimeError):
     """The model is at capacity (its queue is full); retrying later can succeed."""
+
+
+def status_code(error: Exception) -> str:
+    """The status a failure is answered with: INVALID_ARGUMENT, UNAVAILABLE or INTERNAL."""
+    if isinstance(error, InvalidRequestError):
+        return "INVALID_ARGUMENT"
+    if isinstance(error, OverloadedError):
+        return "UNAVAILABLE"
+    return "INTERNAL"

@@ -80,6 +80,14 @@ class EngineLoad:
     waiting: int
 
 
+@dataclass
+class DecodeCounts:
+    """Decode steps run so far and the rows they decoded: rows / steps is the mean batch size."""
+
+    steps: int = 0
+    rows: int = 0
+
+
 _STOP = object()
 
 
@@ -105,6 +113,7 @@ class GenerationEngine:
         self._running: list[_Sequence] = []
         self._batch: KVBatch | None = None
         self._reported = EngineLoad(0, 0)
+        self.decoded = DecodeCounts()  # written by the engine thread only
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._thread.start()
@@ -240,6 +249,8 @@ class GenerationEngine:
             use_cache=True,
         )
         self._batch.cache = output.cache
+        self.decoded.steps += 1
+        self.decoded.rows += len(self._running)
         self._advance(self._running, output.logits[:, -1, :])
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:

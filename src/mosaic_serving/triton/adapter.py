@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError, OverloadedError
+from mosaic_serving.errors import InvalidRequestError, status_code
 from mosaic_serving.params import Field
 from mosaic_serving.triton.config import check_model_path, config_parameters, instance_device
+from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -34,11 +35,11 @@ DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 def error_response(error: Exception) -> pb_utils.InferenceResponse:
     """A response carrying `error`: INVALID_ARGUMENT for bad input, UNAVAILABLE when
-    overloaded, INTERNAL otherwise."""
-    if isinstance(error, InvalidRequestError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
-    if isinstance(error, OverloadedError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
+    overloaded, INTERNAL (logged with its traceback, named by its type) otherwise."""
+    code = status_code(error)
+    if code != "INTERNAL":  # pb_utils.TritonError exists only once the stub runs a model, not at import
+        triton_code = {"INVALID_ARGUMENT": pb_utils.TritonError.INVALID_ARG, "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE}
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), triton_code[code]))
     pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
     return pb_utils.InferenceResponse(
         error=pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
@@ -58,6 +59,7 @@ class HandlerModel:
         self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
         kwargs.setdefault("device", instance_device(args))
         check_model_path(kwargs.get("model_name_or_path"))
+        self.metrics = ModelMetrics(args)
         self.handler = self.create_handler(kwargs)
 
     def create_handler(self, kwargs: dict[str, Any]) -> Any:
@@ -86,6 +88,10 @@ class HandlerModel:
 class BatchedModel(HandlerModel):
     """A model whose requests, as dynamic batching delivers them, run in one handler call."""
 
+    def initialize(self, args: dict[str, str]) -> None:
+        super().initialize(args)
+        self.batch_metrics = BatchMetrics(self.metrics)
+
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
         """One result per row, computed together."""
         raise NotImplementedError
@@ -102,6 +108,8 @@ class BatchedModel(HandlerModel):
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
                 rows_per_request.append(error)
         valid = [rows for rows in rows_per_request if not isinstance(rows, Exception)]
+        if valid:
+            self.batch_metrics.batch(sum(len(rows) for rows in valid))
         try:
             results = iter(self.run([row for rows in valid for row in rows]))
             outcomes = {id(rows): [next(results) for _ in rows] for rows in valid}
@@ -116,9 +124,10 @@ class BatchedModel(HandlerModel):
             return error
 
     def _respond(self, outcome: list[Any] | Exception) -> pb_utils.InferenceResponse:
-        if isinstance(outcome, Exception):
-            return error_response(outcome)
-        try:
-            return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome))
-        except Exception as error:  # noqa: BLE001
-            return error_response(error)
+        if not isinstance(outcome, Exception):
+            try:
+                return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome))
+            except Exception as error:  # noqa: BLE001
+                outcome = error
+        self.batch_metrics.error(outcome)
+        return error_response(outcome)

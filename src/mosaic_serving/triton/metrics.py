@@ -8,9 +8,13 @@ each other's values. Families are created once per process and shared.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import triton_python_backend_utils as pb_utils
+
+from mosaic_serving.errors import status_code
+
+STATUS_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
 
 _FAMILIES: dict[str, Any] = {}
 
@@ -43,3 +47,33 @@ class ModelMetrics:
         if key not in self._metrics:
             self._metrics[key] = _family(name, description, kind).Metric(labels=labels)
         return self._metrics[key]
+
+
+def best_effort(update: Callable[[], Any]) -> None:
+    """Run a metrics update; a failure is logged, never raised: metrics must not fail a request."""
+    try:
+        update()
+    except Exception as error:  # noqa: BLE001
+        pb_utils.Logger.log_warn(f"metrics update failed: {error}")
+
+
+class BatchMetrics:
+    """A dynamically batched model's handler calls, rows per call and failed requests.
+
+    `mosaic_batch_rows_total / mosaic_batches_total` is the mean batch size: how well
+    dynamic batching fills the stacked forward passes.
+    """
+
+    def __init__(self, metrics: ModelMetrics):
+        self.batches = metrics.counter("mosaic_batches_total", "Handler calls, one per dynamically batched execute")
+        self.rows = metrics.counter("mosaic_batch_rows_total", "Rows run by those handler calls")
+        self.errors = {
+            code: metrics.counter("mosaic_request_errors_total", "Requests answered with an error, by code", code=code)
+            for code in STATUS_CODES
+        }
+
+    def batch(self, rows: int) -> None:
+        best_effort(lambda: (self.batches.increment(1), self.rows.increment(rows)))
+
+    def error(self, error: Exception) -> None:
+        best_effort(lambda: self.errors[status_code(error)].increment(1))

@@ -2,6 +2,7 @@
 
 Dynamic batching hands several requests to one `execute`; the handler runs requests with
 the same size, steps and guidance as one pipeline call, each with its own seed.
+Metrics: `diffusion_images_total`, and the batch metrics of every batched model (adapter).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.handlers.diffusion import StableDiffusionHandler
 from mosaic_serving.params import REQUIRED, Field
 from mosaic_serving.triton.adapter import BatchedModel
+from mosaic_serving.triton.metrics import best_effort
 from mosaic_serving.triton.tensors import string_tensor
 
 
@@ -30,10 +32,13 @@ class TritonPythonModel(BatchedModel):
     ]
 
     def create_handler(self, kwargs: dict[str, Any]) -> StableDiffusionHandler:
+        self.images_generated = self.metrics.counter("diffusion_images_total", "Images generated")
         return StableDiffusionHandler(**kwargs)
 
     def run(self, rows: list[dict[str, Any]]) -> list[list[bytes]]:
-        return self.handler.generate(rows)
+        images = self.handler.generate(rows)
+        best_effort(lambda: self.images_generated.increment(sum(len(row) for row in images)))
+        return images
 
     def output_tensors(self, results: list[list[bytes]]) -> list[pb_utils.Tensor]:
         counts = {len(images) for images in results}

@@ -11,7 +11,9 @@ requests waiting for one of the `max_batch_size` batch slots, beyond which a req
 UNAVAILABLE at once. A client that cancels (gRPC stream cancel, HTTP disconnect) leaves the
 batch at the next decode step. Metrics on Triton's metrics port: `mpt_running_requests`,
 `mpt_waiting_requests` (gauges), `mpt_requests_total{finish_reason}`,
-`mpt_rejected_requests_total{code}`, `mpt_generated_tokens_total` (counters).
+`mpt_rejected_requests_total{code}`, `mpt_generated_tokens_total`,
+`mpt_time_to_first_token_seconds_sum`/`_count`, `mpt_decode_steps_total` and
+`mpt_decoded_rows_total` (counters).
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError, OverloadedError
-from mosaic_serving.generation import EngineLoad, GenerationEvent
+from mosaic_serving.errors import InvalidRequestError, status_code
+from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine, GenerationEvent
 from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
 from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
-from mosaic_serving.triton.metrics import ModelMetrics
+from mosaic_serving.triton.metrics import STATUS_CODES, ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import string_tensor
 
 # Optional tensors that are generate parameters under the same name.
@@ -86,48 +89,56 @@ def _json_object(row: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 class GenerationMetrics:
-    """The engine's load and each request's outcome as Prometheus metrics.
+    """The engine's load, batch sizes and each request's outcome and time to first token.
 
-    A failing metrics call is logged and ignored: it must never look like a client error to
+    Updates are best effort: a failing metrics call must never look like a client error to
     the engine (which cancels a request whose event callback raises).
     """
 
     FINISH_REASONS = ("stop", "length", "cancelled", "error")
-    REJECT_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
 
-    def __init__(self, args: dict[str, str]):
-        self.metrics = ModelMetrics(args)
-        self.running = self.metrics.gauge("mpt_running_requests", "Requests decoding in the batch now")
-        self.waiting = self.metrics.gauge("mpt_waiting_requests", "Requests queued for a batch slot")
-        self.tokens = self.metrics.counter("mpt_generated_tokens_total", "Tokens generated, all requests")
+    def __init__(self, metrics: ModelMetrics, engine: GenerationEngine):
+        self.engine = engine
+        self.running = metrics.gauge("mpt_running_requests", "Requests decoding in the batch now")
+        self.waiting = metrics.gauge("mpt_waiting_requests", "Requests queued for a batch slot")
+        self.tokens = metrics.counter("mpt_generated_tokens_total", "Tokens generated, all requests")
+        self.first_token_seconds = metrics.counter(
+            "mpt_time_to_first_token_seconds_sum", "Seconds from a request's arrival to its first text (or its end)")
+        self.first_tokens = metrics.counter("mpt_time_to_first_token_seconds_count", "Requests timed in the _sum")
+        self.steps = metrics.counter("mpt_decode_steps_total", "Decode steps (one token for every running request)")
+        self.rows = metrics.counter("mpt_decoded_rows_total", "Rows those steps decoded; rows / steps is the mean batch size")
+        self._published = DecodeCounts()
         finished = "Requests finished, by finish_reason"
         self.finished_by = {
-            reason: self.metrics.counter("mpt_requests_total", finished, finish_reason=reason)
+            reason: metrics.counter("mpt_requests_total", finished, finish_reason=reason)
             for reason in self.FINISH_REASONS
         }
         self.rejected_by = {
-            code: self.metrics.counter("mpt_rejected_requests_total", "Requests refused before generation", code=code)
-            for code in self.REJECT_CODES
+            code: metrics.counter("mpt_rejected_requests_total", "Requests refused before generation", code=code)
+            for code in STATUS_CODES
         }
 
     def load(self, load: EngineLoad) -> None:
-        self._safely(lambda: (self.running.set(load.running), self.waiting.set(load.waiting)))
+        best_effort(lambda: (self.running.set(load.running), self.waiting.set(load.waiting)))
+
+    def first_event(self, seconds: float) -> None:
+        best_effort(lambda: (self.first_token_seconds.increment(seconds), self.first_tokens.increment(1)))
 
     def finished(self, event: GenerationEvent) -> None:
+        """On the engine thread, so the decode counts read here are consistent."""
         reason = event.finish_reason if event.finish_reason in self.finished_by else "error"
-        self._safely(lambda: (self.finished_by[reason].increment(1), self.tokens.increment(event.num_output_tokens)))
+        best_effort(lambda: (self.finished_by[reason].increment(1), self.tokens.increment(event.num_output_tokens)))
+        self._publish_decode_counts()
 
     def rejected(self, error: Exception) -> None:
-        code = "INVALID_ARGUMENT" if isinstance(error, InvalidRequestError) else (
-            "UNAVAILABLE" if isinstance(error, OverloadedError) else "INTERNAL")
-        self._safely(lambda: self.rejected_by[code].increment(1))
+        best_effort(lambda: self.rejected_by[status_code(error)].increment(1))
 
-    @staticmethod
-    def _safely(update) -> None:
-        try:
-            update()
-        except Exception as error:  # noqa: BLE001 - metrics are best effort
-            pb_utils.Logger.log_warn(f"mpt metrics update failed: {error}")
+    def _publish_decode_counts(self) -> None:
+        """Decode steps since the last request finished (cheaper than a metrics call a step)."""
+        now, before = self.engine.decoded, self._published
+        steps, rows = now.steps - before.steps, now.rows - before.rows
+        self._published = DecodeCounts(now.steps, now.rows)
+        best_effort(lambda: (self.steps.increment(steps), self.rows.increment(rows)))
 
 
 class ResponseWriter:
@@ -171,18 +182,24 @@ def _merge_by_stream(pending: list) -> list:
 class _ResponseStream:
     """Turns one request's engine events into Triton responses."""
 
-    def __init__(self, sender, writer: ResponseWriter, prompt: str, streaming: bool, include_prompt: bool, on_final):
+    def __init__(self, sender, writer: ResponseWriter, metrics: GenerationMetrics, received: float, prompt: str,
+                 streaming: bool, include_prompt: bool):
         self.sender = sender
         self.writer = writer
+        self.metrics = metrics
+        self.received = received  # time.monotonic() when execute() took the request
         self.streaming = streaming
         self.prefix = prompt if include_prompt and not streaming else ""
         self.pieces: list[str] = []
-        self.on_final = on_final
+        self.got_first_event = False
 
     def on_event(self, event: GenerationEvent) -> None:
-        """On the engine thread: count a finished request, hand the event to the writer."""
+        """On the engine thread: measure and count, then hand the event to the writer."""
+        if not self.got_first_event and event.finish_reason not in ("cancelled", "error"):
+            self.metrics.first_event(time.monotonic() - self.received)
+        self.got_first_event = True
         if event.finish_reason is not None:
-            self.on_final(event)
+            self.metrics.finished(event)
         if self.streaming or event.finish_reason is not None:
             self.writer.put(self, event)
         else:
@@ -214,8 +231,8 @@ class TritonPythonModel(HandlerModel):
 
     def create_handler(self, kwargs: dict[str, Any]) -> MPTModelHandler:
         handler = MPTModelHandler(**kwargs)
-        self.metrics = GenerationMetrics(self.args)
-        handler.engine.on_load = self.metrics.load
+        self.generation_metrics = GenerationMetrics(self.metrics, handler.engine)
+        handler.engine.on_load = self.generation_metrics.load
         self.writer = ResponseWriter()
         return handler
 
@@ -223,17 +240,16 @@ class TritonPythonModel(HandlerModel):
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self._submit(request, sender)
+                self._submit(request, sender, time.monotonic())
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                self.metrics.rejected(error)
+                self.generation_metrics.rejected(error)
                 sender.send(error_response(error), flags=FINAL)
         return None
 
-    def _submit(self, request, sender) -> None:
+    def _submit(self, request, sender, received: float) -> None:
         """Validate one request and queue it in the engine (OverloadedError when full)."""
         [row] = self.read(request)
         parsed = self.handler.parse_request(model_request(row))
-        stream = _ResponseStream(
-            sender, self.writer, parsed.prompt, row["stream"], not row["exclude_input_in_output"], self.metrics.finished
-        )
+        stream = _ResponseStream(sender, self.writer, self.generation_metrics, received, parsed.prompt, row["stream"],
+                                 not row["exclude_input_in_output"])
         self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, request.is_cancelled)
