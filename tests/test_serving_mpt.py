@@ -225,5 +225,5 @@ def test_bad_input_over_http_generate_is_400_naming_the_field(server, body, fiel
     status, result = http_generate(server.http_url, "mpt", {"text_input": PROMPT, **body})
     assert status == 400, result
     assert field in result["error"]
-    status, result = http_generate(server.http_url, "mpt", {"text_input": PROMPT, "max_new_tokens": 2})
+    status, result = http_generate(server.http_url, "mpt", {"text_input": PROMPT, "max_new_tokens": 2, **GREEDY})
     assert status == 200 and result["num_output_tokens"] == 2, result
