@@ -15,6 +15,9 @@ class OverloadedError(RuntimeError):
     """The model is at capacity (its queue is full); retrying later can succeed."""
 
 
+STATUS_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
+
+
 def status_code(error: Exception) -> str:
     """The status a failure is answered with: INVALID_ARGUMENT, UNAVAILABLE or INTERNAL."""
     if isinstance(error, InvalidRequestError):

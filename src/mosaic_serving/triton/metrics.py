@@ -12,9 +12,7 @@ from typing import Any, Callable
 
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import status_code
-
-STATUS_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
+from mosaic_serving.errors import STATUS_CODES, status_code
 
 _FAMILIES: dict[str, Any] = {}
 

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError, status_code
+from mosaic_serving.errors import STATUS_CODES, InvalidRequestError, status_code
 from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine, GenerationEvent
 from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
 from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
-from mosaic_serving.triton.metrics import STATUS_CODES, ModelMetrics, best_effort
+from mosaic_serving.triton.metrics import ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import string_tensor
 
 # Optional tensors that are generate parameters under the same name.
@@ -91,8 +91,9 @@ def _json_object(row: dict[str, Any], name: str) -> dict[str, Any]:
 class GenerationMetrics:
     """The engine's load, batch sizes and each request's outcome and time to first token.
 
-    Updates are best effort: a failing metrics call must never look like a client error to
-    the engine (which cancels a request whose event callback raises).
+    Per-request metrics are published from the response writer's thread when the request
+    ends, so the decode loop never waits for a metrics call. Updates are best effort: a
+    failing metrics call must never fail a request.
     """
 
     FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -121,20 +122,21 @@ class GenerationMetrics:
     def load(self, load: EngineLoad) -> None:
         best_effort(lambda: (self.running.set(load.running), self.waiting.set(load.waiting)))
 
-    def first_event(self, seconds: float) -> None:
-        best_effort(lambda: (self.first_token_seconds.increment(seconds), self.first_tokens.increment(1)))
-
-    def finished(self, event: GenerationEvent) -> None:
-        """On the engine thread, so the decode counts read here are consistent."""
+    def finished(self, event: GenerationEvent, first_event_seconds: float | None) -> None:
+        """A request's outcome, tokens and time to first event, and the decode steps since the
+        last request ended (a few metrics calls a request rather than two a decode step)."""
         reason = event.finish_reason if event.finish_reason in self.finished_by else "error"
         best_effort(lambda: (self.finished_by[reason].increment(1), self.tokens.increment(event.num_output_tokens)))
+        if first_event_seconds is not None:
+            best_effort(lambda: (self.first_token_seconds.increment(first_event_seconds),
+                                 self.first_tokens.increment(1)))
         self._publish_decode_counts()
 
     def rejected(self, error: Exception) -> None:
         best_effort(lambda: self.rejected_by[status_code(error)].increment(1))
 
     def _publish_decode_counts(self) -> None:
-        """Decode steps since the last request finished (cheaper than a metrics call a step)."""
+        """Read from the writer thread while the engine counts on: a total may lag by one step."""
         now, before = self.engine.decoded, self._published
         steps, rows = now.steps - before.steps, now.rows - before.rows
         self._published = DecodeCounts(now.steps, now.rows)
@@ -191,23 +193,24 @@ class _ResponseStream:
         self.streaming = streaming
         self.prefix = prompt if include_prompt and not streaming else ""
         self.pieces: list[str] = []
-        self.got_first_event = False
+        self.seen_first_event = False
+        self.first_event_seconds: float | None = None  # None: cancelled or failed before any text
 
     def on_event(self, event: GenerationEvent) -> None:
-        """On the engine thread: measure and count, then hand the event to the writer."""
-        if not self.got_first_event and event.finish_reason not in ("cancelled", "error"):
-            self.metrics.first_event(time.monotonic() - self.received)
-        self.got_first_event = True
-        if event.finish_reason is not None:
-            self.metrics.finished(event)
+        """On the engine thread: note the time of the first event, hand events to the writer."""
+        if not self.seen_first_event and event.finish_reason not in ("cancelled", "error"):
+            self.first_event_seconds = time.monotonic() - self.received
+        self.seen_first_event = True
         if self.streaming or event.finish_reason is not None:
             self.writer.put(self, event)
         else:
             self.pieces.append(event.text)
 
     def deliver(self, event: GenerationEvent) -> None:
-        """On the writer thread: send the response for `event`."""
+        """On the writer thread: count a finished request, then send the response for `event`."""
         final = event.finish_reason is not None
+        if final:
+            self.metrics.finished(event, self.first_event_seconds)
         if event.error:
             self.sender.send(error_response(RuntimeError(event.error)), flags=FINAL)
         elif self.streaming:
