@@ -11,8 +11,8 @@ from mosaic_serving import InvalidRequestError
 
 
 class WordCountHandler:
-    def __init__(self, lowercase: bool = False, device: str | None = None):
-        self.lowercase = lowercase  # `device` is passed to every handler; this one needs none
+    def __init__(self, lowercase: bool = False):
+        self.lowercase = lowercase  # a constructor that names `device` would also get its device
 
     def predict(self, model_requests: list[dict[str, Any]]) -> list[dict[str, int]]:
         return [dict(Counter(self._words(request))) for request in model_requests]

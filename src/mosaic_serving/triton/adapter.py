@@ -13,6 +13,8 @@ queue) UNAVAILABLE, anything else INTERNAL.
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
+`EXECUTION_ENV_PATH` is the Python backend's (the environment the stub runs in), never a
+handler kwarg.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError, status_code
 from mosaic_serving.params import Field
-from mosaic_serving.triton.config import check_model_path, config_parameters, instance_device
+from mosaic_serving.triton.config import (
+    EXECUTION_ENV_PARAMETER,
+    check_model_path,
+    config_parameters,
+    instance_device,
+)
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
@@ -50,6 +57,7 @@ class HandlerModel:
     """Builds the handler and reads request tensors; subclasses say which and how."""
 
     inputs: ClassVar[list[Field]] = []
+    passes_device: ClassVar[bool] = True  # our handlers all take `device`; custom.py decides per class
 
     def initialize(self, args: dict[str, str]) -> None:
         self.args = args
@@ -57,7 +65,10 @@ class HandlerModel:
         self.batched = self.model_config.get("max_batch_size", 0) > 0
         kwargs = config_parameters(self.model_config)
         self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
-        kwargs.setdefault("device", instance_device(args))
+        kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
+        self.device = instance_device(args)
+        if self.passes_device:
+            kwargs.setdefault("device", self.device)
         check_model_path(kwargs.get("model_name_or_path"))
         self.metrics = ModelMetrics(args)
         self.handler = self.create_handler(kwargs)

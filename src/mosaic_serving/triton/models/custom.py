@@ -1,9 +1,12 @@
 """The generic model for a user's own handler class: JSON request in, JSON response out.
 
 config.pbtxt names the class (`handler`: "module.Class"; a module next to model.py works,
-since Triton puts the model's folders on sys.path) and its constructor kwargs (every other
-parameter). The model is decoupled when the class has `predict_stream`; that is decided in
-`auto_complete_config`, so config.pbtxt need not say it.
+since Triton puts the model's folders on sys.path, and `python_path`, a JSON list of folders,
+adds others such as a git checkout) and its constructor kwargs (every other parameter). The
+class is called the way its signatures ask (see `handler_calls`): `device` only when its
+constructor takes it, `predict(**request)` per request or `predict(requests)`. The model is
+decoupled when the class has `predict_stream`; that is decided in `auto_complete_config`,
+so config.pbtxt need not say it.
 - input `request` STRING [1]: one MosaicML request dict as JSON; optional `stream` BOOL [1].
 - output `response` STRING [1]: `predict`'s result for the request, as JSON; when streaming,
   one response per item that `predict_stream` yields.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import threading
 from typing import Any
 
@@ -22,15 +26,29 @@ import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError, OverloadedError
 from mosaic_serving.params import REQUIRED, Field
+from mosaic_serving.triton import handler_calls
 from mosaic_serving.triton.adapter import FINAL, BatchedModel, error_response
 from mosaic_serving.triton.config import config_parameters
 from mosaic_serving.triton.tensors import string_tensor
 
 
+def extend_python_path(folders: Any) -> None:
+    """Put `python_path`'s folders (a JSON list, or one folder) first on sys.path."""
+    if not folders:
+        return
+    for folder in reversed([folders] if isinstance(folders, str) else list(folders)):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
 def load_handler_class(spec: str) -> type:
-    """The class named by "package.module.Class"."""
+    """The class named by "package.module.Class" (module names may hold '-', as MosaicML's
+    `examples.inference-deployments...` do: importlib finds them by folder name)."""
     module_name, _, class_name = spec.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ImportError(f"cannot load handler class {spec!r}: {type(error).__name__}: {error}") from error
 
 
 def decode_request(text: str) -> dict[str, Any]:
@@ -43,35 +61,39 @@ def decode_request(text: str) -> dict[str, Any]:
     return request
 
 
-def response_tensor(result: Any) -> pb_utils.Tensor:
-    return pb_utils.Tensor("response", string_tensor([json.dumps(result)]))
-
-
 class TritonPythonModel(BatchedModel):
     inputs = [Field("request", str, REQUIRED), Field("stream", bool, False)]
+    passes_device = False  # `device` goes only to a constructor that takes it (create_handler)
 
     @staticmethod
     def auto_complete_config(config):
-        handler_class = load_handler_class(config_parameters(config.as_dict())["handler"])
+        parameters = config_parameters(config.as_dict())
+        extend_python_path(parameters.get("python_path"))
+        handler_class = load_handler_class(parameters["handler"])
         config.set_model_transaction_policy(dict(decoupled=hasattr(handler_class, "predict_stream")))
         return config
 
     def create_handler(self, kwargs: dict[str, Any]) -> Any:
+        extend_python_path(kwargs.pop("python_path", None))
         handler_class = load_handler_class(kwargs.pop("handler"))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.model_config)
         self.max_concurrent_requests = int(kwargs.pop("max_concurrent_requests", 64))
         self.slots = threading.BoundedSemaphore(self.max_concurrent_requests)
-        return handler_class(**kwargs)
+        return handler_calls.construct(handler_class, kwargs, self.device)
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
-        return self.handler.predict([decode_request(row["request"]) for row in rows])
+        return handler_calls.predict(self.handler, [decode_request(row["request"]) for row in rows])
+
+    def response_tensor(self, result: Any) -> pb_utils.Tensor:
+        return pb_utils.Tensor("response", string_tensor([handler_calls.result_json(self.handler, result)]))
 
     def output_tensors(self, results: list[Any]) -> list[pb_utils.Tensor]:
         """One response row per request row ([rows, 1] when config.pbtxt batches, else [1])."""
         if self.batched:
-            return [pb_utils.Tensor("response", string_tensor([json.dumps(r) for r in results], (len(results), 1)))]
+            texts = [handler_calls.result_json(self.handler, result) for result in results]
+            return [pb_utils.Tensor("response", string_tensor(texts, (len(results), 1)))]
         [result] = results
-        return [response_tensor(result)]
+        return [self.response_tensor(result)]
 
     def execute(self, requests: list):
         if not self.decoupled:
@@ -101,15 +123,15 @@ class TritonPythonModel(BatchedModel):
             [row] = self.read(request)
             model_request = decode_request(row["request"])
             if not row["stream"]:
-                [result] = self.handler.predict([model_request])
-                sender.send(pb_utils.InferenceResponse([response_tensor(result)]), flags=FINAL)
+                [result] = handler_calls.predict(self.handler, [model_request])
+                sender.send(pb_utils.InferenceResponse([self.response_tensor(result)]), flags=FINAL)
                 return
-            items = self.handler.predict_stream(**model_request)
+            items = handler_calls.predict_stream(self.handler, model_request)
             try:
                 for item in items:
                     if request.is_cancelled():
                         break
-                    sender.send(pb_utils.InferenceResponse([response_tensor(item)]))
+                    sender.send(pb_utils.InferenceResponse([self.response_tensor(item)]))
             finally:
                 close = getattr(items, "close", None)
                 if close is not None:
