@@ -22,10 +22,13 @@ from tritonclient.grpc import model_config_pb2
 from helpers import grpc_stream, http_generate, tensor, text
 from mosaic_serving import mosaicml_import
 from mosaic_serving.mosaicml_import import BUILTINS, main, parameter_text
-from mosaic_serving.triton.config import ADAPTER_PARAMETERS, config_parameters, parse_value
+from mosaic_serving.triton.config import ADAPTER_PARAMETERS, EXECUTION_ENV_PARAMETER, config_parameters, parse_value
 from mosaic_serving.triton.local_server import LocalTritonServer
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+# CPU equivalents of MosaicML's handlers, laid out like mosaicml/examples, beside MosaicML's YAMLs.
+CPU_EXAMPLES = Path(__file__).resolve().parent / "mosaicml_examples"
+MOSAICML_YAMLS = CPU_EXAMPLES / "examples" / "inference-deployments"
 KIND = model_config_pb2.ModelInstanceGroup
 
 
@@ -54,82 +57,117 @@ def handler_kwargs(config: model_config_pb2.ModelConfig, environ=None) -> dict:
 # ---- built-in handlers ---------------------------------------------------------------------
 
 
-def test_mosaicml_mpt_handler_becomes_the_builtin_mpt_model(tmp_path, capsys):
-    deployment = write_yaml(tmp_path, """\
-        name: mpt-7b-custom
-        compute:
-          gpus: 2
-          instance: oci.vm.gpu.a10.2
-        image: mosaicml/inference:0.1.16
-        replicas: 3
-        command: |
-          export PYTHONPATH=$PYTHONPATH:/code/examples
-        integrations:
-        - integration_type: pip_packages
-          packages: [einops==0.6.1]
-        batching:
-          max_batch_size: 16
-          max_timeout_ms: 10
-        model:
-          download_parameters:
-            hf_path: mosaicml/mpt-7b
-          model_handler: examples.inference-deployments.mpt.mpt_handler.MPTModelHandler
-          model_parameters:
-            model_name: mosaicml/mpt-7b
-            attn_impl: triton
-    """)
+def test_mosaicml_handler_class_is_served_as_it_is(tmp_path, capsys):
+    """MosaicML's own mpt_7b_custom.yaml, its handler code from a local checkout."""
+    deployment = MOSAICML_YAMLS / "mpt" / "mpt_7b_custom.yaml"
     output = tmp_path / "repo" / "mpt-7b-custom"
     values = tmp_path / "values.yaml"
     code, out, err = run_import(capsys, deployment, "--output", output, "--templates", REPOSITORY,
-                                "--values-file", values)
+                                "--values-file", values, "--git-repo", f"mosaicml/examples={CPU_EXAMPLES}")
     assert code == 0, err
 
     config = read_config(output)
-    template = text_format.Parse((REPOSITORY / "mpt/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    template = read_config(REPOSITORY / "custom_example")
     assert config.input == template.input and config.output == template.output
-    assert config.model_transaction_policy.decoupled
-    kwargs = handler_kwargs(config)
-    assert kwargs["model_name_or_path"] == "mosaicml/mpt-7b"
-    assert kwargs["max_batch_size"] == 16  # MosaicML's batch size: rows decoding together
-    assert kwargs["dtype"] == "auto"  # the template's own ${MPT_DTYPE:-auto} is kept
-    assert handler_kwargs(config, {"MPT_DTYPE": "float16"})["dtype"] == "float16"
-    assert "attn_impl" not in kwargs and "model_name" not in kwargs
-    [group] = config.instance_group
-    assert (group.kind, group.count, list(group.gpus)) == (KIND.KIND_GPU, 1, [0, 1])
-    assert (output / "1/model.py").read_text() == (REPOSITORY / "mpt/1/model.py").read_text()
+    assert handler_kwargs(config) == {
+        "handler": "examples.inference-deployments.mpt.mpt_handler.MPTModelHandler",
+        "python_path": [str(CPU_EXAMPLES)],
+        "model_name": "mosaicml/mpt-7b",  # the hub id, as MosaicML's downloader left it for the class
+    }
+    assert EXECUTION_ENV_PARAMETER not in config.parameters  # no packages asked for: the server's environment
+    [group] = config.instance_group  # compute.gpus: 1 becomes KIND_AUTO, so the entry loads on a CPU too
+    assert (group.kind, group.count, list(group.gpus)) == (KIND.KIND_AUTO, 1, [])
+    assert (output / "1/model.py").read_text() == (REPOSITORY / "custom_example/1/model.py").read_text()
 
-    assert yaml.safe_load(values.read_text()) == {"replicaCount": 3, "gpusPerReplica": 2}
-    assert "replicas:  3" in out and "replicaCount=3" in out
-    for reported in ("attn_impl", "image", "command", "einops==0.6.1", "compute.instance", "max_timeout_ms",
-                     "trust_remote_code"):
+    assert yaml.safe_load(values.read_text()) == {"replicaCount": 1, "gpusPerReplica": 1}
+    for reported in ("replicas:  1", "image mosaicml/inference:0.1.16", "command is not run",
+                     "export PYTHONPATH=$PYTHONPATH:/code/examples", "df65ce9448f2", "compute.instance", "KIND_AUTO"):
         assert reported in out, reported
+    assert "trust_remote_code" not in out  # the class decides that itself
 
 
-def test_gpu_num_and_batching_on_instructor(tmp_path, capsys):
+def test_a_git_repo_handler_needs_its_checkout(tmp_path, capsys):
+    deployment = MOSAICML_YAMLS / "mpt" / "mpt_7b_custom.yaml"
+    code, _, err = run_import(capsys, deployment, "-o", tmp_path / "m", "--templates", REPOSITORY)
+    assert code == 2 and "--git-repo mosaicml/examples=DIR" in err, err
+    code, _, err = run_import(capsys, deployment, "-o", tmp_path / "m", "--templates", REPOSITORY,
+                              "--git-repo", "mosaicml/examples")
+    assert code == 2 and "OWNER/NAME=DIR" in err, err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("path", sorted(MOSAICML_YAMLS.rglob("*.yaml")), ids=lambda path: path.name)
+def test_every_mosaicml_example_yaml_imports(tmp_path, capsys, path):
+    deployment = yaml.safe_load(path.read_text())
+    output = tmp_path / deployment["name"]
+    code, out, err = run_import(capsys, path, "-o", output, "--templates", REPOSITORY, "--no-env",
+                                "--git-repo", f"mosaicml/examples={CPU_EXAMPLES}",
+                                "--include", CPU_EXAMPLES / "examples")
+    assert code == 0, err
+    config = read_config(output)
+    [group] = config.instance_group
+    assert group.kind == KIND.KIND_AUTO
+    kwargs = handler_kwargs(config)
+    if "default_model" in deployment:
+        assert "handler" not in kwargs and config.backend == "python"
+        assert ("trust_remote_code" in out) == deployment["default_model"]["model_type"].startswith("mpt")
+    else:
+        assert kwargs["handler"] == deployment["model"]["model_handler"]
+        assert "trust_remote_code" not in out
+    packages = [package for item in deployment.get("integrations", []) for package in item.get("packages", [])]
+    if packages:
+        assert f"packages:  {' '.join(packages)}" in out and "not built (--no-env)" in out
+    for key in ("image", "command"):
+        if deployment.get(key):
+            assert f"{key} " in out
+
+
+def test_instance_kind_gpu_pins_the_deployments_gpus(tmp_path, capsys):
     deployment = write_yaml(tmp_path, """\
         name: instructor-large
-        gpu_num: 1
+        gpu_num: 2
         gpu_type: a100_40gb
         replicas: 1
         batching: {max_batch_size: 32, max_timeout_ms: 5}
         env_variables: {TOKENIZERS_PARALLELISM: "false"}
         model:
           download_parameters: {hf_path: hkunlp/instructor-large}
-          model_handler: examples.inference-deployments.instructor.instructor_handler.HFInstructorHandler
+          model_handler: mosaic_serving.handlers.instructor.HFInstructorHandler
           model_parameters: {model_name: hkunlp/instructor-large}
     """)
     output = tmp_path / "repo" / "instructor-large"
     values = tmp_path / "values.yaml"
-    code, out, err = run_import(capsys, deployment, "-o", output, "--templates", REPOSITORY, "--values-file", values)
+    code, out, err = run_import(capsys, deployment, "-o", output, "--templates", REPOSITORY, "--values-file", values,
+                                "--instance-kind", "gpu")
     assert code == 0, err
     config = read_config(output)
     assert config.max_batch_size == 32
     assert config.dynamic_batching.max_queue_delay_microseconds == 5000
     assert handler_kwargs(config)["model_name_or_path"] == "hkunlp/instructor-large"
     [group] = config.instance_group
-    assert (group.kind, list(group.gpus)) == (KIND.KIND_GPU, [0])
+    assert (group.kind, list(group.gpus)) == (KIND.KIND_GPU, [0, 1])
     assert yaml.safe_load(values.read_text())["extraEnv"] == [{"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
-    assert "gpu_type" in out and "TOKENIZERS_PARALLELISM" in out
+    assert "gpu_type" in out and "TOKENIZERS_PARALLELISM" in out and "trust_remote_code" not in out
+
+
+def test_our_mpt_handler_keeps_its_parameters(tmp_path, capsys):
+    deployment = write_yaml(tmp_path, """\
+        name: mpt-7b
+        compute: {gpus: 1}
+        batching: {max_batch_size: 16, max_timeout_ms: 10}
+        model:
+          download_parameters: {hf_path: mosaicml/mpt-7b}
+          model_handler: mosaic_serving.handlers.mpt.MPTModelHandler
+          model_parameters: {model_name: mosaicml/mpt-7b, attn_impl: triton}
+    """)
+    code, out, err = run_import(capsys, deployment, "-o", tmp_path / "mpt-7b", "--templates", REPOSITORY)
+    assert code == 0, err
+    config = read_config(tmp_path / "mpt-7b")
+    kwargs = handler_kwargs(config)
+    assert (kwargs["model_name_or_path"], kwargs["max_batch_size"], kwargs["dtype"]) == ("mosaicml/mpt-7b", 16, "auto")
+    assert handler_kwargs(config, {"MPT_DTYPE": "float16"})["dtype"] == "float16"
+    assert "attn_impl" not in kwargs and "attn_impl" in out and "max_timeout_ms" in out
+    assert config.model_transaction_policy.decoupled
 
 
 def test_our_class_paths_and_parameter_names(tmp_path, capsys):
@@ -262,7 +300,40 @@ def test_custom_handler_parameters_keep_their_types(tmp_path, capsys):
     assert config.input == template.input and config.output == template.output
     assert (tmp_path / "counter/1/model.py").read_text() == (REPOSITORY / "custom_example/1/model.py").read_text()
     assert not (tmp_path / "counter/1/word_counter.py").exists()  # the example handler is not copied
-    assert "download_parameters are not run" in out
+    assert "hf_path me/counter is not named by any model_parameters" in out
+
+
+@pytest.mark.parametrize(
+    "download, options, expected, message",
+    [
+        ({"hf_path": "me/llm"}, [], "me/llm", None),  # a hub id stays: the class downloads it, as on MosaicML
+        ({"hf_path": "me/llm"}, ["--weights", "/models/llm"], "/models/llm", "replaced by --weights /models/llm"),
+        ({"s3_path": "s3://bucket/llm"}, ["--weights", "/models/llm"], "/models/llm", "replaced by --weights"),
+        ({"gcp_path": "gs://bucket/llm"}, [], None, "object-store downloads are not run here"),
+    ],
+)
+def test_custom_handler_download_parameters(tmp_path, capsys, download, options, expected, message):
+    source = next(iter(download.values()))
+    deployment = tmp_path / "d.yaml"
+    deployment.write_text(yaml.safe_dump({"name": "llm", "model": {
+        "model_handler": "my_pkg.handlers.Llm", "download_parameters": download,
+        "model_parameters": {"model_name": source, "top_k": 4}}}))
+    code, out, err = run_import(capsys, deployment, "-o", tmp_path / "llm", "--templates", REPOSITORY, *options)
+    if expected is None:
+        assert code == 2 and message in err and "--weights" in err, err
+        return
+    assert code == 0, err
+    assert handler_kwargs(read_config(tmp_path / "llm")) == {"handler": "my_pkg.handlers.Llm", "model_name": expected,
+                                                             "top_k": 4}
+    assert message is None or message in out
+
+
+def test_parameters_the_adapter_owns_are_refused(tmp_path, capsys):
+    deployment = tmp_path / "d.yaml"
+    deployment.write_text(yaml.safe_dump({"name": "x", "model": {
+        "model_handler": "my_pkg.handlers.X", "model_parameters": {"python_path": "/x"}}}))
+    code, _, err = run_import(capsys, deployment, "-o", tmp_path / "x", "--templates", REPOSITORY)
+    assert code == 2 and "model_parameters.python_path" in err
 
 
 @pytest.mark.parametrize("value", ["text", "8", "true", "null", "[1]", "", 0, -1.5, False, None, [1, "x"], {"a": None}])
@@ -321,10 +392,9 @@ def test_imported_models_load_and_serve_on_triton(tmp_path, capsys, tiny_mpt_pat
         model:
           download_parameters:
             hf_path: {tiny_mpt_path}
-          model_handler: examples.inference-deployments.mpt.mpt_handler.MPTModelHandler
+          model_handler: mosaic_serving.handlers.mpt.MPTModelHandler
           model_parameters:
             model_name: {tiny_mpt_path}
-            clean_up_tokenization_spaces: true
         batching: {{max_batch_size: 4}}
     """, "mpt.yaml")
     (tmp_path / "parrot_handler.py").write_text(HANDLER_MODULE)

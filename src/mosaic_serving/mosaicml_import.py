@@ -14,19 +14,27 @@ A MosaicML deployment names a handler class and its constructor kwargs:
 
 (or `default_model: {model_type: mpt-7b-instruct, checkpoint_path: {hf_path: ...}}`).
 
-- A built-in handler (MPTModelHandler, HFInstructorHandler, StableDiffusionHandler, ours or
-  MosaicML's examples) becomes a copy of that built-in model (`model_repository/mpt`, ...):
-  its config.pbtxt with the parameters renamed to ours (`model_name` is `model_name_or_path`),
-  the weights from `download_parameters.hf_path` (or `--weights`), and its model.py.
-- Any other class becomes a copy of the generic `custom_example` model with `handler` set to
-  the class path and `model_parameters` as its parameters (types kept). `--include` copies the
-  handler's module next to model.py, where Triton's Python backend can import it.
-- `gpu_num` / `compute.gpus` N: N instances, one on each of GPUs 0..N-1 (each holds a whole
-  copy of the model; there is no tensor parallelism). `replicas` is for the Kubernetes
-  Deployment: printed, and written with `--values-file` as values for deploy/helm.
-- What has no equivalent here (image, command, integrations, downloader, s3/gcp paths, ...)
-  is reported, not silently dropped; parameters that a built-in handler does not take are an
-  error.
+- `model.model_handler` is served as it is: the class it names (MosaicML's own
+  `examples.inference-deployments...` ones included) runs in a copy of the generic
+  `custom_example` model, with `model_parameters` as its constructor kwargs (types kept).
+  Its code comes from `--include` (copied next to model.py) or from a `git_repo` integration
+  mapped to a local checkout (`--git-repo mosaicml/examples=DIR`, put on the model's
+  `python_path`). Its packages (`pip_packages` integrations, a `requirements.txt` next to its
+  module, a repository's `pip_install`) become its own Python environment (EXECUTION_ENV_PATH,
+  see `python_env`), built once and cached.
+- `download_parameters`: a model parameter naming the same `hf_path` / `s3_path` / `gcp_path`
+  gets `--weights` (a local copy) when given; a hub id is otherwise kept (the class downloads
+  it on first load, as MosaicML's downloader had filled the hub cache before).
+- Our own classes (`mosaic_serving.handlers...`) and `default_model.model_type` (mpt-7b,
+  mpt-30b-chat, llama2-*, instructor-*) become a copy of a built-in model, parameters renamed
+  to ours (`model_name` is `model_name_or_path`).
+- `gpu_num` / `compute.gpus` N: KIND_AUTO instances by default (one on each GPU the server
+  sees, the CPU where there is none, so the entry also loads on a CPU machine);
+  `--instance-kind gpu` pins one instance on each of GPUs 0..N-1 (each holds a whole copy of
+  the model; there is no tensor parallelism). `replicas` is for the Kubernetes Deployment:
+  printed, and written with `--values-file` as values for deploy/helm.
+- What has no equivalent here (image, command, downloader, ...) is reported, not silently
+  dropped; parameters that a built-in handler does not take are an error.
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from mosaic_serving.triton.config import parse_value
+from mosaic_serving import python_env
+from mosaic_serving.mosaicml_sources import SourceError, handler_sources, parse_git_repo_option
+from mosaic_serving.triton.config import ADAPTER_PARAMETERS, EXECUTION_ENV_PARAMETER, parse_value
 
 WEIGHTS_PARAMETER = "model_name_or_path"
 SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -101,9 +111,9 @@ BUILTINS = {
     ),
 }
 
-# Class paths from these packages are built-in handlers when the class name matches: ours,
-# and MosaicML's examples repository (`examples.inference-deployments.mpt.mpt_handler...`).
-_BUILTIN_PACKAGES = ("mosaic_serving.", "examples.")
+# Class paths from our package are built-in handlers when the class name matches; any other
+# class (MosaicML's `examples.inference-deployments.mpt.mpt_handler...` too) is served as it is.
+_BUILTIN_PACKAGES = ("mosaic_serving.",)
 # `download_parameters` / `checkpoint_path` keys that name weights we cannot fetch here.
 _OBJECT_STORE_KEYS = ("s3_path", "gcp_path", "gcs_path", "gpc_path", "oci_path", "azure_path")
 
@@ -123,6 +133,10 @@ class Plan:
     env: dict[str, str]
     batching: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    python_path: list[str] = field(default_factory=list)  # custom handlers: checkouts on sys.path
+    requirements: list[str] = field(default_factory=list)  # custom handlers: their own packages
+    requirement_origins: list[str] = field(default_factory=list)
+    env_path: str | None = None  # the built environment (EXECUTION_ENV_PATH), once built
 
 
 # ---- reading the deployment ----------------------------------------------------------------
@@ -194,8 +208,14 @@ def _download_source(download: Mapping[str, Any], where: str, notes: list[str]) 
     return hf_path, stored
 
 
-def plan_import(deployment: Mapping[str, Any], name: str | None = None, weights: str | None = None) -> Plan:
-    """Decide what to write for `deployment` (a parsed MosaicML deployment YAML)."""
+def plan_import(deployment: Mapping[str, Any], name: str | None = None, weights: str | None = None,
+                git_repos: Mapping[str, Path] | None = None, includes: Sequence[Path] = (),
+                use_requirements_txt: bool = True) -> Plan:
+    """Decide what to write for `deployment` (a parsed MosaicML deployment YAML).
+
+    `git_repos` maps `git_repo` integrations (owner/name or name) to local checkouts;
+    `includes` are the files or packages copied next to model.py.
+    """
     notes: list[str] = []
     name = name or deployment.get("name")
     if not name or not isinstance(name, str):
@@ -250,32 +270,26 @@ def plan_import(deployment: Mapping[str, Any], name: str | None = None, weights:
             notes.append(f"model.{key} is not used")
         model_weights = None
 
-    for key in ("image", "command", "integrations", "cluster", "gpu_type", "rate_limit", "metadata"):
+    for key in ("image", "command", "cluster", "gpu_type", "rate_limit", "metadata"):
         if deployment.get(key):
             notes.append(_unused_note(key, deployment[key]))
+    if builtin is not None and deployment.get("integrations"):
+        notes.append(_unused_note("integrations", deployment["integrations"]))
     for key in ("gpu_type", "instance", "cluster", "nodes", "cpus"):
         if compute.get(key):
             notes.append(f"compute.{key} is not used: the Kubernetes scheduler or the GPU host decides")
 
     if builtin is None:
-        if weights:
-            raise DeploymentImportError("--weights applies to the built-in handlers; a custom handler "
-                                        "loads what its own model_parameters name")
-        if hf_path or stored:
-            notes.append("download_parameters are not run for a custom handler: "
-                         "it loads what its model_parameters name")
-        if batching:
-            notes.append("batching is not applied to custom handlers (one request per predict call)")
-        return Plan(name, CUSTOM_TEMPLATE, class_path, None, handler_parameters, None, gpus, replicas,
-                    env, {}, notes)
+        return _plan_custom(deployment, name, class_path, handler_parameters, (hf_path, stored), weights,
+                            gpus, replicas, env, batching, notes, git_repos or {}, includes, use_requirements_txt)
 
     parameters = _builtin_parameters(builtin, handler_parameters, notes)
-    if class_path.startswith("examples.") and "trust_remote_code" not in parameters:
-        notes.append("MosaicML's handler loaded models with trust_remote_code=True; here it is false "
-                     "(transformers' own classes, which load mosaicml/mpt-*): set model_parameters."
-                     "trust_remote_code: true for a model that needs its own code")
     named = parameters.pop(WEIGHTS_PARAMETER, None)
     chosen = weights or hf_path or named or model_weights
+    if default_model and str(chosen).startswith("mosaicml/mpt") and "trust_remote_code" not in parameters:
+        notes.append("MosaicML's MPT deployments loaded models with trust_remote_code=True; here it is false "
+                     "(transformers' own classes, which load mosaicml/mpt-*): set MPT_TRUST_REMOTE_CODE=true "
+                     "for a model that needs its own code")
     if hf_path and named and hf_path != named and not weights:
         notes.append(f"weights: download_parameters.hf_path {hf_path} is used, not {named}")
     if stored and not (weights or hf_path):
@@ -294,14 +308,72 @@ def plan_import(deployment: Mapping[str, Any], name: str | None = None, weights:
     return plan
 
 
+def _plan_custom(deployment: Mapping[str, Any], name: str, class_path: str, parameters: dict[str, Any],
+                 download: tuple[str | None, str | None], weights: str | None, gpus: int, replicas: int,
+                 env: dict[str, str], batching: Mapping[str, Any], notes: list[str],
+                 git_repos: Mapping[str, Path], includes: Sequence[Path], use_requirements_txt: bool) -> Plan:
+    """A handler class served as it is, through the generic custom model."""
+    reserved = sorted(set(parameters) & ADAPTER_PARAMETERS)
+    if reserved:
+        raise DeploymentImportError(f"model_parameters.{reserved[0]} is a parameter of the serving adapter "
+                                    "itself; rename it in the handler class")
+    try:
+        sources = handler_sources(deployment, class_path, git_repos, includes, use_requirements_txt)
+    except SourceError as error:
+        raise DeploymentImportError(str(error)) from None
+    notes.extend(sources.notes)
+    _resolve_downloads(parameters, download, weights, notes)
+    if batching:
+        notes.append("batching is not applied to custom handlers: each request is its own predict call "
+                     "(requests Triton receives together are still served concurrently)")
+    plan = Plan(name, CUSTOM_TEMPLATE, class_path, None, parameters, None, gpus, replicas, env, {}, notes,
+                python_path=sources.python_path, requirements=sources.requirements,
+                requirement_origins=sources.requirement_origins)
+    return plan
+
+
+def _resolve_downloads(parameters: dict[str, Any], download: tuple[str | None, str | None], weights: str | None,
+                       notes: list[str]) -> None:
+    """Point the class's parameters at the weights as MosaicML's downloader left them.
+
+    A parameter whose value names the download source gets `--weights` (a local copy) when
+    given; a hub id is otherwise kept (the class fetches it); an object-store path needs
+    `--weights`, since nothing downloads it here.
+    """
+    hf_path, stored = download
+    stored_path = stored.split(": ", 1)[1] if stored else None
+    sources = [source for source in (hf_path, stored_path) if source]
+    referring = [key for key, value in parameters.items() if isinstance(value, str) and value in sources]
+    if weights:
+        for key in referring:
+            notes.append(f"model_parameters.{key}: {parameters[key]} is replaced by --weights {weights}")
+            parameters[key] = weights
+        if not referring:
+            notes.append(f"--weights {weights} is not given to the class: none of its model_parameters names "
+                         f"{' or '.join(sources) or 'a download source'}")
+        return
+    if stored_path:
+        raise DeploymentImportError(
+            f"download_parameters {stored}: object-store downloads are not run here; download the checkpoint "
+            "and pass --weights DIR (it replaces the model_parameters that name that path)"
+        )
+    if hf_path and not referring:
+        notes.append(f"download_parameters.hf_path {hf_path} is not named by any model_parameters: "
+                     "the class loads what its parameters say")
+
+
 def _unused_note(key: str, value: Any) -> str:
     if key == "integrations":
         packages = [package for item in value if isinstance(item, dict)
                     for package in item.get("packages", []) or []]
         hint = f" (pip packages to add to the image: {' '.join(packages)})" if packages else ""
-        return f"integrations are not run: install what the handler needs into the image{hint}"
-    if key in ("image", "command"):
-        return f"{key} is not used: the server runs the image of docker/Dockerfile"
+        return f"integrations are not run for a built-in model, which runs in the server's environment{hint}"
+    if key == "image":
+        return f"image {value} is not used: the server runs the image of docker/Dockerfile"
+    if key == "command":
+        shown = "; ".join(line.strip() for line in str(value).strip().splitlines())
+        return (f"command is not run ({shown}): the server starts Triton; code that it put on PYTHONPATH "
+                "comes from --git-repo / --include, packages from the handler's environment")
     return f"{key} is not used"
 
 
@@ -386,6 +458,10 @@ def render_config(plan: Plan, template_text: str, instance_kind: str, source: st
         for key in list(config.parameters):
             del config.parameters[key]
         config.parameters["handler"].string_value = plan.handler
+        if plan.python_path:
+            config.parameters["python_path"].string_value = json.dumps(plan.python_path)
+    if plan.env_path:
+        config.parameters[EXECUTION_ENV_PARAMETER].string_value = plan.env_path
     if plan.weights is not None:
         config.parameters[WEIGHTS_PARAMETER].string_value = plan.weights
     for key, value in plan.parameters.items():
@@ -467,11 +543,20 @@ def helm_values(plan: Plan) -> dict[str, Any]:
 
 
 def summary(plan: Plan, output: Path, instance_kind: str) -> str:
-    kind = {"gpu": f"1 on each of GPUs {list(range(max(plan.gpus, 1)))} (KIND_GPU)",
+    gpus = f"; give the server {plan.gpus} GPU{'s' if plan.gpus != 1 else ''}" if plan.gpus else ""
+    kind = {"gpu": f"1 on each of GPUs {list(range(max(plan.gpus, 1)))} (KIND_GPU; fails to load without them)",
             "cpu": "1 on the CPU (KIND_CPU)",
-            "auto": "1 on each visible GPU, or 1 on the CPU where there is none (KIND_AUTO)"}[instance_kind]
+            "auto": f"1 on each GPU the server sees, or 1 on the CPU where there is none (KIND_AUTO{gpus}; "
+                    "--instance-kind gpu pins them)"}[instance_kind]
     lines = [f"wrote {output} (Triton model {output.name!r})",
-             f"  handler:   {plan.handler}" + ("" if plan.builtin else " (generic custom model)")]
+             f"  handler:   {plan.handler}" + ("" if plan.builtin else " (served as it is, generic custom model)")]
+    if plan.python_path:
+        lines.append(f"  code:      {', '.join(plan.python_path)} (python_path)")
+    if plan.requirements:
+        origins = sorted(set(plan.requirement_origins), key=plan.requirement_origins.index)
+        lines.append(f"  packages:  {' '.join(plan.requirements)} (from {', '.join(origins)})")
+        lines.append(f"  python env: {plan.env_path} (EXECUTION_ENV_PATH)" if plan.env_path else
+                     "  python env: not built (--no-env): install the packages where the server runs")
     if plan.builtin is not None:
         lines.append(f"  weights:   {plan.weights or '(the built-in default, from its environment variable)'}")
     if plan.parameters:
@@ -498,8 +583,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the model folder to write (default: model_repository/<the deployment's name>)")
     parser.add_argument("--weights", default=None,
                         help="weights for a built-in handler (hub id or directory), instead of the YAML's")
-    parser.add_argument("--instance-kind", choices=("gpu", "cpu", "auto"), default=None,
-                        help="Triton instance kind (default: gpu when the deployment asks for GPUs, else auto)")
+    parser.add_argument("--instance-kind", choices=("gpu", "cpu", "auto"), default="auto",
+                        help="Triton instance kind (default auto: the GPUs where there are some, else the CPU; "
+                             "gpu pins the deployment's GPUs 0..N-1 and fails to load without them)")
+    parser.add_argument("--git-repo", action="append", default=[], metavar="OWNER/NAME=DIR",
+                        help="a local checkout for a git_repo integration (put on the model's python_path); repeatable")
+    parser.add_argument("--env-cache", type=Path, default=None,
+                        help="where the handlers' Python environments are built and cached "
+                             "(default: $MOSAIC_SERVING_ENV_CACHE or ~/.cache/mosaic-serving/python-envs)")
+    parser.add_argument("--no-env", action="store_true",
+                        help="do not build the handler's own Python environment (it runs in the server's)")
+    parser.add_argument("--ignore-requirements-txt", action="store_true",
+                        help="leave out the requirements.txt next to the handler's module")
     parser.add_argument("--include", type=Path, action="append", default=[],
                         help="a file or package to copy next to model.py (a custom handler's module); repeatable")
     parser.add_argument("--templates", type=Path, default=None,
@@ -521,13 +616,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DeploymentImportError(f"{name!r} cannot name a Triton model: use letters, digits, "
                                         "'-', '_' and '.' (pass --output DIR to choose the name)")
         output = args.output or Path("model_repository") / name
-        plan = plan_import(deployment, name=output.name, weights=args.weights)
-        instance_kind = args.instance_kind or ("gpu" if plan.gpus > 0 else "auto")
+        git_repos = dict(parse_git_repo_option(text) for text in args.git_repo)
+        plan = plan_import(deployment, name=output.name, weights=args.weights, git_repos=git_repos,
+                           includes=args.include, use_requirements_txt=not args.ignore_requirements_txt)
+        instance_kind = args.instance_kind
         templates = find_templates(output, args.templates, plan.template)
+        if plan.requirements and not args.no_env:
+            env = python_env.build_env(plan.requirements, args.env_cache, log=lambda m: print(m, file=sys.stderr))
+            plan.env_path = str(env)
         write_model(plan, output, templates, instance_kind, args.deployment.name, args.include, args.force)
         if args.values_file:
             args.values_file.write_text(yaml.safe_dump(helm_values(plan), sort_keys=False))
-    except (DeploymentImportError, OSError) as error:
+    except (DeploymentImportError, SourceError, python_env.EnvBuildError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary(plan, output, instance_kind))
