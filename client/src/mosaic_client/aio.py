@@ -99,32 +99,44 @@ class AsyncClient:
 
     # ---- text generation (mpt) ------------------------------------------------------------
 
-    async def generate(self, prompt: str, **params: Any) -> Generation:
+    async def generate(self, prompt: str, *, model: str | None = None, **params: Any) -> Generation:
         """The whole completion of `prompt`; `params` are generate kwargs (max_new_tokens,
-        temperature, top_p, top_k, do_sample, seed, stop, max_length, ...). Not retried."""
-        return await self._generation(prompt, params, include_prompt=False)
+        temperature, top_p, top_k, do_sample, seed, stop, max_length, ...). Not retried.
+        `model` names another causal LM served with `mpt`'s tensors (default: models.mpt)."""
+        return await self._generation(prompt, params, include_prompt=False, model=model)
 
-    async def stream(self, prompt: str, **params: Any) -> AsyncIterator[str]:
+    async def stream(self, prompt: str, *, model: str | None = None, **params: Any) -> AsyncIterator[str]:
         """The completion's text pieces as they are decoded. Leaving the loop early (break,
         an exception, cancellation) cancels the request on the server."""
-        call = generation_call(self.models.mpt, prompt, params, stream=True)
+        async with contextlib.aclosing(self.stream_generation(prompt, model=model, **params)) as pieces:
+            async for piece in pieces:
+                if piece.text:
+                    yield piece.text
+
+    async def stream_generation(self, prompt: str, *, model: str | None = None, **params: Any
+                                ) -> AsyncIterator[Generation]:
+        """Like `stream`, each response as a Generation: its new text, the token counts so far
+        and, on the last one only, the finish_reason ("" before). For callers that report
+        usage or why a stream ended (an OpenAI-style frontend)."""
+        call = generation_call(model or self.models.mpt, prompt, params, stream=True)
         async with contextlib.aclosing(self._responses(call)) as responses:
             async for response in responses:
-                if response["text_output"]:
-                    yield response["text_output"]
+                yield generation(response)
 
-    async def _generation(self, prompt: str, params: dict[str, Any], include_prompt: bool) -> Generation:
-        call = generation_call(self.models.mpt, prompt, params, stream=False, include_prompt=include_prompt)
+    async def _generation(self, prompt: str, params: dict[str, Any], include_prompt: bool,
+                          model: str | None = None) -> Generation:
+        call = generation_call(model or self.models.mpt, prompt, params, stream=False, include_prompt=include_prompt)
         return generation(await self._last(call))
 
     # ---- embeddings (instructor) ------------------------------------------------------------
 
-    async def embed(self, texts: str | Iterable[str | Sequence[str]], instruction: str = "") -> np.ndarray:
+    async def embed(self, texts: str | Iterable[str | Sequence[str]], instruction: str = "", *,
+                    model: str | None = None) -> np.ndarray:
         """Embeddings (float32, one row each) of texts with `instruction`, or of
         [instruction, text] pairs. One request per pair, sent concurrently so the server's
         dynamic batching embeds them together."""
         pairs = pairs_of(texts, instruction)
-        model = self.models.instructor
+        model = model or self.models.instructor
         rows = await self._map(lambda pair: self._idempotent(embedding_call(model, pair), "embedding"), pairs)
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
@@ -132,13 +144,14 @@ class AsyncClient:
 
     # ---- images (diffusion) -----------------------------------------------------------------
 
-    async def generate_images(self, prompt: str, *, as_pil: bool = False, **params: Any) -> list[Any]:
+    async def generate_images(self, prompt: str, *, as_pil: bool = False, model: str | None = None,
+                              **params: Any) -> list[Any]:
         """PNG bytes of each image for `prompt` (PIL images with `as_pil`, needs Pillow).
 
         `params`: negative_prompt, height, width, num_inference_steps, num_images_per_prompt,
         guidance_scale, seed (the server's defaults for those left out).
         """
-        images = await self._idempotent(image_call(self.models.diffusion, prompt, params), "images")
+        images = await self._idempotent(image_call(model or self.models.diffusion, prompt, params), "images")
         pngs = [bytes(png) for png in images.reshape(-1)]
         return [_pil_image(png) for png in pngs] if as_pil else pngs
 
@@ -188,6 +201,12 @@ class AsyncClient:
         """Whether the server is live and ready, and each model's readiness (not retried)."""
         with _translated():
             return await asyncio.wait_for(self.transport.health(), self.timeout)
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        """The model's configuration as Triton reports it (config.pbtxt as JSON: inputs,
+        outputs, max_batch_size, model_transaction_policy, parameters)."""
+        with _translated():
+            return await asyncio.wait_for(self.transport.model_config(model), self.timeout)
 
     # ---- plumbing ---------------------------------------------------------------------------
 

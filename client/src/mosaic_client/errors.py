@@ -7,7 +7,9 @@ asyncio's errors.
 Over a gRPC stream (how `mpt` and streaming custom models are called) Triton sends an error
 as a message without a status code; such errors are reported as BadRequestError, since a
 model that answers with an error message has refused the request. That includes an unknown
-model and a full `mpt` queue, which plain inference and HTTP report as NOT_FOUND and 503.
+model, which plain inference and HTTP report as NOT_FOUND. The one exception is a model at
+capacity (`mpt`'s full queue, a streaming handler's `max_concurrent_requests`): the models
+end that message with "retry later", and it is reported as ServerUnavailableError.
 """
 
 from __future__ import annotations
@@ -60,9 +62,16 @@ _BY_STATUS: dict[str, type[ClientError]] = {
 }
 
 
+# How the models end the message of an UNAVAILABLE (at capacity) error; over a gRPC stream
+# the message is all that arrives.
+OVERLOADED_SUFFIX = "retry later"
+
+
 def from_status(status: str | None, message: str) -> ClientError:
     """The error for a Triton status (a gRPC code name, an HTTP status, or None on a stream)."""
     if status is None:
+        if message.rstrip().endswith(OVERLOADED_SUFFIX):
+            return ServerUnavailableError(message)
         return BadRequestError(message)
     return _BY_STATUS.get(status, ServerError)(message, status)
 

@@ -103,22 +103,28 @@ class Client:
     def close(self) -> None:
         self._thread.run(self._async.close())
 
-    def generate(self, prompt: str, **params: Any) -> Generation:
+    def generate(self, prompt: str, *, model: str | None = None, **params: Any) -> Generation:
         """See AsyncClient.generate."""
-        return self._thread.run(self._async.generate(prompt, **params))
+        return self._thread.run(self._async.generate(prompt, model=model, **params))
 
-    def stream(self, prompt: str, **params: Any) -> Iterator[str]:
+    def stream(self, prompt: str, *, model: str | None = None, **params: Any) -> Iterator[str]:
         """See AsyncClient.stream. Leaving the loop early cancels the request as the generator
         is dropped (CPython frees it at once), or call its close()."""
-        return self._thread.iterate(self._async.stream(prompt, **params))
+        return self._thread.iterate(self._async.stream(prompt, model=model, **params))
 
-    def embed(self, texts: str | Iterable[str | Sequence[str]], instruction: str = "") -> np.ndarray:
+    def stream_generation(self, prompt: str, *, model: str | None = None, **params: Any) -> Iterator[Generation]:
+        """See AsyncClient.stream_generation."""
+        return self._thread.iterate(self._async.stream_generation(prompt, model=model, **params))
+
+    def embed(self, texts: str | Iterable[str | Sequence[str]], instruction: str = "", *,
+              model: str | None = None) -> np.ndarray:
         """See AsyncClient.embed."""
-        return self._thread.run(self._async.embed(texts, instruction))
+        return self._thread.run(self._async.embed(texts, instruction, model=model))
 
-    def generate_images(self, prompt: str, *, as_pil: bool = False, **params: Any) -> list[Any]:
+    def generate_images(self, prompt: str, *, as_pil: bool = False, model: str | None = None,
+                        **params: Any) -> list[Any]:
         """See AsyncClient.generate_images."""
-        return self._thread.run(self._async.generate_images(prompt, as_pil=as_pil, **params))
+        return self._thread.run(self._async.generate_images(prompt, as_pil=as_pil, model=model, **params))
 
     def predict(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any] | None = None) -> list[Any]:
         """See AsyncClient.predict."""
@@ -135,3 +141,7 @@ class Client:
     def health(self) -> Health:
         """See AsyncClient.health."""
         return self._thread.run(self._async.health())
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        """See AsyncClient.model_config."""
+        return self._thread.run(self._async.model_config(model))

@@ -53,6 +53,9 @@ class Transport(ABC):
     async def health(self) -> Health: ...
 
     @abstractmethod
+    async def model_config(self, model: str) -> dict[str, Any]: ...
+
+    @abstractmethod
     async def close(self) -> None: ...
 
 
@@ -122,6 +125,9 @@ class GrpcTransport(Transport):
         models = {model["name"]: model.get("state") == "READY" for model in index.get("models", [])}
         return Health(await client.is_server_live(), await client.is_server_ready(), models)
 
+    async def model_config(self, model: str) -> dict[str, Any]:
+        return (await self.client.get_model_config(model, as_json=True))["config"]
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
@@ -179,6 +185,10 @@ class HttpTransport(Transport):
         index = await client.get_model_repository_index()
         models = {model["name"]: model.get("state") == "READY" for model in index}
         return Health(await client.is_server_live(), await client.is_server_ready(), models)
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        client, _ = self._clients()
+        return await client.get_model_config(model)
 
     async def close(self) -> None:
         if self._client is not None:

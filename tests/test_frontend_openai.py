@@ -1,0 +1,275 @@
+"""The HTTP frontend's OpenAI API, called with the real `openai` client, in front of a real
+Triton server: results equal the models' own over gRPC, errors are OpenAI's."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from mosaic_client import Client
+from mosaic_serving.frontend import FrontendProcess
+from mosaic_serving.frontend.chat import chatml
+from mosaic_serving.triton.local_server import free_port
+from reliability import metric, wait_for
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def frontend(server, tiny_mpt_path, tmp_path_factory):
+    log = tmp_path_factory.mktemp("frontend") / "frontend.log"
+    with FrontendProcess(server.grpc_url, free_port(), args=["--tokenizer", str(tiny_mpt_path)],
+                         log_file=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def oai(frontend):
+    with openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="none", max_retries=0, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def direct(server):
+    with Client(server.grpc_url, timeout=120) as client:
+        yield client
+
+
+def post(url: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """POST raw bytes; (status, JSON body, headers), also for errors."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+# ---- models and health -------------------------------------------------------------------------
+
+
+def test_models_lists_the_served_models(oai):
+    assert {"mpt", "instructor", "diffusion", "custom_example"} <= {model.id for model in oai.models.list()}
+
+
+def test_health_reflects_triton_readiness(frontend):
+    with urllib.request.urlopen(f"{frontend.url}/health", timeout=30) as response:
+        body = json.loads(response.read())
+    assert response.status == 200 and body["triton_ready"] and body["models"]["mpt"]
+
+
+# ---- completions -------------------------------------------------------------------------------
+
+
+def test_greedy_completion_equals_mpt_over_grpc(oai, direct):
+    completion = oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=12, temperature=0)
+    expected = direct.generate(PROMPT, max_new_tokens=12, do_sample=False)
+    [choice] = completion.choices
+    assert choice.text == expected.text and choice.finish_reason == expected.finish_reason
+    assert completion.usage.prompt_tokens == expected.num_input_tokens
+    assert completion.usage.completion_tokens == expected.num_output_tokens
+    assert completion.usage.total_tokens == expected.num_input_tokens + expected.num_output_tokens
+
+
+def test_streamed_completion_equals_the_whole_one(oai, direct):
+    expected = direct.generate(PROMPT, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    chunks = list(oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=16, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}, extra_body={"min_tokens": 16}))
+    text = "".join(choice.text for chunk in chunks for choice in chunk.choices)
+    finished = [choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason]
+    assert text == expected.text and finished == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert chunks[-1].usage.prompt_tokens == expected.num_input_tokens
+
+
+def test_raw_stream_ends_with_done(frontend):
+    body = json.dumps({"model": "mpt", "prompt": PROMPT, "max_tokens": 4, "stream": True}).encode()
+    request = urllib.request.Request(f"{frontend.url}/v1/completions", data=body)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        events = [line for line in response.read().decode().split("\n\n") if line]
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert events[-1] == "data: [DONE]" and all(event.startswith("data: {") for event in events[:-1])
+
+
+def test_stop_and_echo(oai, direct):
+    whole = direct.generate(PROMPT, max_new_tokens=24, min_new_tokens=24, do_sample=False).text
+    stop = whole[5:8]
+    completion = oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop],
+                                        echo=True)
+    [choice] = completion.choices
+    assert choice.finish_reason == "stop" and choice.text == PROMPT + whole[: whole.index(stop)]
+
+
+def test_n_seeded_choices_are_each_the_models_seeded_sample(oai, direct):
+    completion = oai.completions.create(model="mpt", prompt=[PROMPT, "Hello"], n=2, max_tokens=8, temperature=0.9,
+                                        seed=7)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+    for choice in completion.choices:
+        prompt = [PROMPT, "Hello"][choice.index // 2]
+        expected = direct.generate(prompt, max_new_tokens=8, temperature=0.9, top_p=1.0, seed=7 + choice.index % 2)
+        assert choice.text == expected.text
+    assert completion.usage.completion_tokens == sum(
+        direct.generate(p, max_new_tokens=8, temperature=0.9, top_p=1.0, seed=s).num_output_tokens
+        for p in (PROMPT, "Hello") for s in (7, 8))
+
+
+# ---- chat --------------------------------------------------------------------------------------
+
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}]
+
+
+def test_chat_uses_mpts_chat_format_and_equals_mpt_over_grpc(oai, direct):
+    chat = oai.chat.completions.create(model="mpt", messages=MESSAGES, max_tokens=10, temperature=0)
+    expected = direct.generate(chatml(MESSAGES), max_new_tokens=10, do_sample=False, stop=["<|im_end|>"])
+    [choice] = chat.choices
+    assert choice.message.role == "assistant" and choice.message.content == expected.text
+    assert choice.finish_reason == expected.finish_reason
+    assert chat.usage.prompt_tokens == expected.num_input_tokens
+
+
+def test_streamed_chat_equals_the_whole_one(oai):
+    whole = oai.chat.completions.create(model="mpt", messages=MESSAGES, max_tokens=10, temperature=0)
+    chunks = list(oai.chat.completions.create(model="mpt", messages=MESSAGES, max_tokens=10, temperature=0,
+                                              stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+# ---- embeddings and images -----------------------------------------------------------------------
+
+
+def test_embeddings_equal_instructors(oai, direct):
+    texts = ["Triton serves models.", "GPUs are fast."]
+    expected = direct.embed(texts, instruction="Represent the title:")
+    packed = oai.embeddings.create(model="instructor", input=texts, extra_body={"instruction": "Represent the title:"})
+    floats = oai.embeddings.create(model="instructor", input=texts, encoding_format="float",
+                                   extra_body={"instruction": "Represent the title:"})
+    for response in (packed, floats):
+        assert [item.index for item in response.data] == [0, 1]
+        np.testing.assert_array_equal(np.array([item.embedding for item in response.data], dtype=np.float32),
+                                      expected)
+    default = oai.embeddings.create(model="instructor", input=texts[0], encoding_format="float")
+    np.testing.assert_array_equal(np.array(default.data[0].embedding, dtype=np.float32),
+                                  direct.embed(texts[0], instruction="Represent the sentence:")[0])
+
+
+def test_images_are_pngs_of_the_asked_size(oai, direct):
+    response = oai.images.generate(model="diffusion", prompt="a red square", n=2, size="64x48",
+                                   response_format="b64_json", extra_body={"seed": 3, "steps": 2})
+    pngs = [base64.b64decode(item.b64_json) for item in response.data]
+    assert len(pngs) == 2
+    for png in pngs:
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.size == (64, 48)
+    assert pngs == direct.generate_images("a red square", num_images_per_prompt=2, width=64, height=48, seed=3,
+                                          num_inference_steps=2)
+
+
+# ---- cancellation ------------------------------------------------------------------------------
+
+
+def test_a_stream_broken_off_by_the_client_frees_its_batch_slot(oai, server):
+    def running() -> float:
+        return metric(server, "mpt_running_requests", model="mpt")
+
+    cancelled_before = metric(server, "mpt_requests_total", model="mpt", finish_reason="cancelled")
+    stream = oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=400, temperature=0, stream=True,
+                                    extra_body={"min_tokens": 400})
+    for _, _ in zip(range(3), stream):
+        pass
+    assert running() == 1
+    stream.close()
+    wait_for(lambda: running() == 0, timeout=30)
+    wait_for(lambda: metric(server, "mpt_requests_total", model="mpt", finish_reason="cancelled")
+             == cancelled_before + 1, timeout=30)
+
+
+def test_a_whole_completion_abandoned_by_the_client_is_cancelled(frontend, server):
+    cancelled_before = metric(server, "mpt_requests_total", model="mpt", finish_reason="cancelled")
+    body = json.dumps({"model": "mpt", "prompt": PROMPT, "max_tokens": 400, "min_tokens": 400}).encode()
+    request = urllib.request.Request(f"{frontend.url}/v1/completions", data=body)
+    caller = threading.Thread(target=lambda: pytest.raises(OSError, urllib.request.urlopen, request, timeout=1))
+    caller.start()
+    wait_for(lambda: metric(server, "mpt_running_requests", model="mpt") == 1, timeout=30)
+    caller.join()  # its 1 s timeout closed the connection
+    wait_for(lambda: metric(server, "mpt_running_requests", model="mpt") == 0, timeout=30)
+    assert metric(server, "mpt_requests_total", model="mpt", finish_reason="cancelled") == cancelled_before + 1
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+def test_unsupported_parameters_get_400_naming_them(oai):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=4, logprobs=2, presence_penalty=0.5)
+    assert "'logprobs'" in caught.value.message and "'presence_penalty'" in caught.value.message
+    assert caught.value.body["type"] == "invalid_request_error" and caught.value.body["param"] == "logprobs"
+    # the no-op values of unimplemented parameters are accepted
+    oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=2, presence_penalty=0, user="someone")
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda c: c.completions.create(model="mpt", prompt=PROMPT, temperature=3), "temperature"),
+    (lambda c: c.completions.create(model="mpt", prompt=[1, 2, 3]), "prompt"),
+    (lambda c: c.completions.create(model="mpt", prompt=PROMPT, max_tokens=100000), "max_tokens"),
+    (lambda c: c.chat.completions.create(model="mpt", messages=[{"role": "tool", "content": "x"}]), "role"),
+    (lambda c: c.chat.completions.create(model="mpt", messages=[]), "messages"),
+    (lambda c: c.embeddings.create(model="mpt", input="x"), "model"),
+    (lambda c: c.embeddings.create(model="instructor", input="x", dimensions=8), "dimensions"),
+    (lambda c: c.images.generate(model="diffusion", prompt="x", size="100x100"), "size"),
+    (lambda c: c.images.generate(model="diffusion", prompt="x", response_format="url"), "response_format"),
+])
+def test_bad_inputs_get_openai_shaped_400s_naming_the_field(oai, call, field):
+    with pytest.raises(openai.BadRequestError) as caught:
+        call(oai)
+    assert field in caught.value.message, caught.value.message
+
+
+def test_unknown_model_is_404(oai):
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.completions.create(model="nope", prompt=PROMPT)
+    assert caught.value.body["code"] == "model_not_found" and "'nope'" in caught.value.message
+
+
+@pytest.mark.parametrize("data", [b"{this is not json", b"", b"[1, 2]"])
+def test_malformed_json_is_a_400(frontend, data):
+    status, body, _ = post(f"{frontend.url}/v1/chat/completions", data)
+    assert status == 400 and body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
+
+
+def test_the_server_keeps_serving_after_errors(oai):
+    post_error = oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert post_error.choices[0].finish_reason in ("stop", "length")
+
+
+def test_unreachable_triton_is_503_with_retry_after(tmp_path):
+    with FrontendProcess(f"127.0.0.1:{free_port()}", free_port(), log_file=tmp_path / "f.log") as lonely:
+        status, body, headers = post(f"{lonely.url}/v1/completions",
+                                     json.dumps({"model": "mpt", "prompt": "x"}).encode())
+        assert status == 503 and headers["Retry-After"] == "1" and body["error"]["type"] == "server_error"
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{lonely.url}/health", timeout=30)
+        assert caught.value.code == 503
+
+
+def test_api_key_is_required_when_set(server, tmp_path):
+    with FrontendProcess(server.grpc_url, free_port(), api_key="sesame", log_file=tmp_path / "f.log") as locked:
+        with openai.OpenAI(base_url=f"{locked.url}/v1", api_key="wrong", max_retries=0) as client:
+            with pytest.raises(openai.AuthenticationError):
+                client.models.list()
+        with openai.OpenAI(base_url=f"{locked.url}/v1", api_key="sesame", max_retries=0) as client:
+            assert "mpt" in {model.id for model in client.models.list()}
+        status, _, _ = post(f"{locked.url}/mpt/predict", b'{"inputs": ["x"]}')
+        assert status == 401
+        with urllib.request.urlopen(f"{locked.url}/health/live", timeout=30) as response:
+            assert response.status == 200  # probes need no key
