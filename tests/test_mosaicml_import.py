@@ -122,6 +122,28 @@ def test_every_mosaicml_example_yaml_imports(tmp_path, capsys, path):
             assert f"{key} " in out
 
 
+def test_requirements_come_from_the_yaml_the_requirements_txt_and_the_command_line(tmp_path, capsys):
+    deployment = write_yaml(tmp_path, """\
+        name: versions
+        integrations:
+        - {integration_type: git_repo, git_repo: mosaicml/examples}
+        - {integration_type: pip_packages, packages: [packaging==21.3]}
+        model: {model_handler: examples.inference-deployments.legacy_versions.version_handler.VersionSortHandler}
+    """)
+    checkout = f"mosaicml/examples={CPU_EXAMPLES}"
+    code, out, err = run_import(capsys, deployment, "-o", tmp_path / "a", "--templates", REPOSITORY, "--no-env",
+                                "--git-repo", checkout, "--pip-package", "six==1.16.0")
+    assert code == 0, err
+    assert "packages:  packaging==21.3 pyparsing==3.0.9 six==1.16.0 (from integrations pip_packages, " in out
+    assert "legacy_versions/requirements.txt, --pip-package)" in out
+    code, out, err = run_import(capsys, deployment, "-o", tmp_path / "b", "--templates", REPOSITORY, "--no-env",
+                                "--git-repo", checkout, "--ignore-requirements-txt")
+    assert code == 0 and "packages:  packaging==21.3 (from integrations pip_packages)" in out, err
+    code, _, err = run_import(capsys, MOSAICML_YAMLS / "mpt/mpt_7b.yaml", "-o", tmp_path / "c", "--templates",
+                              REPOSITORY, "--pip-package", "six")
+    assert code == 2 and "built in" in err
+
+
 def test_instance_kind_gpu_pins_the_deployments_gpus(tmp_path, capsys):
     deployment = write_yaml(tmp_path, """\
         name: instructor-large
@@ -431,3 +453,18 @@ def test_imported_models_load_and_serve_on_triton(tmp_path, capsys, tiny_mpt_pat
         assert json.loads(body["response"]) == {
             "output": ">> hihi", "label": "8", "types": ["str", "int", "str", "dict"], "options": {"stop": ["\n"]},
         }
+
+
+def test_an_environment_that_cannot_be_built_is_an_error_and_not_cached(tmp_path, capsys):
+    deployment = write_yaml(tmp_path, """\
+        name: wants-numpy-2
+        integrations:
+        - {integration_type: pip_packages, packages: ["numpy>=2"]}
+        model: {model_handler: word_counter.WordCountHandler}
+    """)
+    cache = tmp_path / "envs"
+    code, _, err = run_import(capsys, deployment, "-o", tmp_path / "m", "--templates", REPOSITORY,
+                              "--env-cache", cache, "--include", REPOSITORY / "custom_example/1/word_counter.py")
+    assert code == 2 and "installing the requirements" in err and "numpy" in err, err
+    assert not (tmp_path / "m").exists()
+    assert not [path for path in cache.iterdir() if path.is_dir()]  # a failed build leaves nothing to reuse

@@ -595,6 +595,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="do not build the handler's own Python environment (it runs in the server's)")
     parser.add_argument("--ignore-requirements-txt", action="store_true",
                         help="leave out the requirements.txt next to the handler's module")
+    parser.add_argument("--pip-package", action="append", default=[], metavar="REQUIREMENT",
+                        help="one more requirement for the handler's environment (e.g. a pin its packages "
+                             "forgot); repeatable")
     parser.add_argument("--include", type=Path, action="append", default=[],
                         help="a file or package to copy next to model.py (a custom handler's module); repeatable")
     parser.add_argument("--templates", type=Path, default=None,
@@ -620,6 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_import(deployment, name=output.name, weights=args.weights, git_repos=git_repos,
                            includes=args.include, use_requirements_txt=not args.ignore_requirements_txt)
         instance_kind = args.instance_kind
+        if args.pip_package:
+            if plan.builtin is not None:
+                raise DeploymentImportError("--pip-package applies to a handler class served as it is; "
+                                            f"{plan.handler} is built in and runs in the server's environment")
+            plan.requirements.extend(args.pip_package)
+            plan.requirement_origins.extend(["--pip-package"] * len(args.pip_package))
         templates = find_templates(output, args.templates, plan.template)
         if plan.requirements and not args.no_env:
             env = python_env.build_env(plan.requirements, args.env_cache, log=lambda m: print(m, file=sys.stderr))
