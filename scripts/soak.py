@@ -36,7 +36,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from mosaic_serving.serve import ALL_MODELS, tiny_model_env
-from mosaic_serving.triton.local_server import LocalTritonServer, _children, _stub_model
+from mosaic_serving.launcher.procfs import children
+from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
 
 TIMEOUT = 120.0  # seconds without a final answer: the request is lost
 
@@ -200,9 +201,9 @@ def rss_mib(pid: int) -> float:
 def memory(server: LocalTritonServer) -> dict[str, float]:
     """RSS in MiB of the server and of each model's backend stub."""
     result = {"tritonserver": rss_mib(server.process.pid)}
-    for pid, state in _children(server.process.pid):
+    for pid, state in children(server.process.pid):
         if state != "Z":
-            result[f"stub {_stub_model(pid)}"] = rss_mib(pid)
+            result[f"stub {stub_model(pid)}"] = rss_mib(pid)
     return result
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from mosaic_serving.serve import tiny_model_env
-from mosaic_serving.triton.local_server import LocalTritonServer, _children, _stub_model
+from mosaic_serving.launcher.procfs import children
+from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("mpt", "instructor", "diffusion", "custom_example")
@@ -162,7 +163,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
 
 def stub_pids(server: LocalTritonServer, model: str) -> list[int]:
     """Live backend stub processes of `model`."""
-    return [pid for pid, state in _children(server.process.pid) if state != "Z" and _stub_model(pid) == model]
+    return [pid for pid, state in children(server.process.pid) if state != "Z" and stub_model(pid) == model]
 
 
 def thread_count(pid: int) -> int:

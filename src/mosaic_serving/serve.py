@@ -15,10 +15,16 @@ import threading
 from pathlib import Path
 
 from mosaic_serving.tiny_models import tiny_model_path
-from mosaic_serving.triton.local_server import LocalTritonServer, ServerStartError
+from mosaic_serving.triton.local_server import LocalTritonServer, PortInUseError, ServerStartError
 
 ALL_MODELS = ("mpt", "instructor", "diffusion", "custom_example")
+EXIT_PORT_IN_USE = 2  # the exit status when a port is taken (1: any other failed start)
 TINY_MODEL_VARIABLES = {"MPT_MODEL": "mpt", "INSTRUCTOR_MODEL": "instructor", "DIFFUSION_MODEL": "diffusion"}
+
+
+def default_model_repository() -> Path:
+    """The shipped model repository, beside the package's source tree."""
+    return Path(__file__).resolve().parents[2] / "model_repository"
 
 
 def tiny_model_env(environ=os.environ) -> dict[str, str]:
@@ -32,7 +38,7 @@ def tiny_model_env(environ=os.environ) -> dict[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=Path(__file__).resolve().parents[2] / "model_repository")
+    parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS), help="models to load (default: all)")
     parser.add_argument("--real", action="store_true", help="serve the configured real weights, not tiny models")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -69,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         server.start()
+    except PortInUseError as error:
+        print(error, file=sys.stderr)
+        return EXIT_PORT_IN_USE
     except ServerStartError as error:
         print(error, file=sys.stderr)
         return 1

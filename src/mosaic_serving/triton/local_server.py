@@ -34,7 +34,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Mapping, Sequence
 
+from mosaic_serving.launcher import procfs
+from mosaic_serving.launcher.children import spawn_tied
+
 STUB_NAME = "triton_python_backend_stub"
+SHM_REGION_PREFIX = "triton_python_backend_shm_region_"  # the Python backend's default
+BACKEND_ABORT = "boost::interprocess::lock_exception"
 ADMIN_HEADER = "mosaic-admin-key"
 log = logging.getLogger(__name__)
 CPU_FLAGS = (
@@ -46,6 +51,10 @@ CPU_FLAGS = (
 
 class ServerStartError(RuntimeError):
     """The server exited or did not become ready in time; the message holds its log tail."""
+
+
+class PortInUseError(ServerStartError):
+    """A port the server needs is taken by another process."""
 
 
 def pytriton_server_dir() -> Path:
@@ -108,32 +117,10 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the group (zombies may wait long for a reaper)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def _wait_group(pgid: int, timeout: float) -> bool:
     """Wait up to `timeout` s for the group to empty; True when it did."""
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid):
+    while procfs.group_alive(pgid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -147,22 +134,7 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, state letter) of the direct children of `pid`, from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == pid:
-            children.append((int(entry.name), fields[0]))
-    return children
-
-
-def _stub_model(pid: int) -> str | None:
+def stub_model(pid: int) -> str | None:
     """The model a live stub serves: its argv[1] is `<repository>/<model>/<version>/model.py`."""
     try:
         argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
@@ -211,13 +183,13 @@ class StubWatchdog:
         process = self.server.process
         if process is None or process.poll() is not None:
             return []
-        return _children(process.pid)
+        return procfs.children(process.pid)
 
     def learn(self) -> None:
         """Remember which model each live stub serves (a zombie's command line is gone)."""
         for pid, state in self._stubs():
             if state != "Z" and pid not in self._models:
-                self._models[pid] = _stub_model(pid) or ""
+                self._models[pid] = stub_model(pid) or ""
 
     def check(self) -> list[str]:
         """Models with a stub that has now been dead for two polls."""
@@ -264,6 +236,8 @@ class LocalTritonServer:
         restart_crashed_models: bool = True,
         lock_model_control: bool = False,
         address: str = "127.0.0.1",
+        model_load_threads: int = 1,
+        start_attempts: int = 3,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = list(models)
@@ -282,6 +256,9 @@ class LocalTritonServer:
         self.restart_crashed_models = restart_crashed_models
         self.address = address  # the interface all three ports listen on; 0.0.0.0 for every one
         self.watchdog: StubWatchdog | None = None
+        self.model_load_threads = model_load_threads
+        self.start_attempts = start_attempts
+        self.start_aborts = 0  # start-up aborts of the Python backend survived by starting again
 
     @property
     def host(self) -> str:
@@ -313,6 +290,7 @@ class LocalTritonServer:
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--model-control-mode=explicit",
+            f"--model-load-thread-count={self.model_load_threads}",
             f"--exit-timeout-secs={self.exit_timeout}",
             *self._lock_args(),
             *[f"--load-model={name}" for name in self.models],
@@ -349,9 +327,22 @@ class LocalTritonServer:
         return {entry["name"]: entry for entry in index or []}
 
     def start(self) -> "LocalTritonServer":
-        """Launch the server and block until it reports ready (or raise with its log tail)."""
+        """Launch the server and block until it reports ready (or raise with its log tail).
+
+        Refuses at once (PortInUseError) when one of its ports is taken. The server dies with
+        this process, however it ends (see `launcher.children`).
+
+        Triton 2.51's Python backend gives each backend process a 1 s heartbeat while its model
+        initialises; a process that misses it (a node short of CPU or memory stalls it) is
+        killed, and tearing down its shared-memory channel then throws an uncaught
+        `boost::interprocess::lock_exception` that aborts the whole server. Models load one at a
+        time (`model_load_threads`) to keep the start-up's own contention low, and a server
+        that aborted this way is started again, up to `start_attempts` times in all.
+        """
         if self.process is not None:
             raise RuntimeError("server already started")
+        self._check_ports_free()
+        procfs.remove_unused_shm(SHM_REGION_PREFIX)  # left by servers that were killed
         server_dir = pytriton_server_dir()
         ensure_python_stub(server_dir)
         if self.log_file is None:
@@ -360,26 +351,49 @@ class LocalTritonServer:
             self.log_file = Path(name)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(server_dir),
-                cwd=server_dir,
-                env=server_env(self.env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, self.start_attempts + 1):
+            try:
+                self._launch(server_dir, append_log=attempt > 1)
+                self._wait_ready()
+                break
+            except BaseException:
+                aborted = self._aborted_in_backend()
+                self.stop()
+                if not aborted or attempt == self.start_attempts:
+                    raise
+                self.start_aborts += 1
+                log.warning("tritonserver aborted while loading models (boost::interprocess::lock_exception: a "
+                            "backend process stalled past Triton's 1 s heartbeat); starting it again, attempt %d of %d",
+                            attempt + 1, self.start_attempts)
         self.startup_seconds = time.monotonic() - began
         if self.restart_crashed_models and Path("/proc").is_dir():
             self.watchdog = StubWatchdog(self)
             self.watchdog.start()
         return self
+
+    def _launch(self, server_dir: Path, append_log: bool) -> None:
+        with open(self.log_file, "ab" if append_log else "wb") as log_stream:
+            self.process = spawn_tied(
+                self.command(server_dir),
+                cwd=server_dir,
+                env=server_env(self.env),
+                stdin=subprocess.DEVNULL,
+                stdout=log_stream,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: stopping it stops its stubs too
+            )
+
+    def _aborted_in_backend(self) -> bool:
+        """Whether the server died of the Python backend's start-up abort (see `start`)."""
+        if self.process is None or self.process.poll() != -signal.SIGABRT:
+            return False
+        return BACKEND_ABORT in self.log_tail(lines=200)
+
+    def _check_ports_free(self) -> None:
+        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            if procfs.port_in_use(port, self.address):
+                raise PortInUseError(f"port {port} is in use by another process; pass {flag}")
 
     def is_ready(self) -> bool:
         """`GET /v2/health/ready` answers 200 (all asked models loaded)."""
@@ -390,10 +404,17 @@ class LocalTritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _owns_ports(self) -> bool:
+        """Whether this server's process is the one listening on all three ports."""
+        if self.process is None or not Path("/proc").is_dir():
+            return True  # nothing to check it with; the port check at start must do
+        owned = procfs.listening_ports(self.process.pid)
+        return {self.http_port, self.grpc_port, self.metrics_port} <= owned
+
     def _wait_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
-        while not self.is_ready():
+        while not (self.process.poll() is None and self._owns_ports() and self.is_ready()):
             if self.process.poll() is not None:
                 raise ServerStartError(
                     f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}"
@@ -430,6 +451,7 @@ class LocalTritonServer:
             _wait_group(pgid, 5.0)
         self.process.wait()
         self.process = None
+        procfs.remove_unused_shm(SHM_REGION_PREFIX)  # what a killed stub or server left
 
     def __enter__(self) -> "LocalTritonServer":
         return self.start()
