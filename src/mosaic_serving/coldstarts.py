@@ -4,7 +4,7 @@ the starts that came up and served one request from each model.
 A server that dies at start-up on a busy node cannot sit behind a load balancer, so this is
 run with a neighbour beside it (`--neighbour`): `heavy` runs processes doing multi-threaded
 matrix products, streaming through several GB of memory and churning files in /dev/shm;
-`stall` freezes our own backend processes for 1-2.5 s at random, the starvation that makes
+`stall` freezes one of our own backend processes for 1-2.5 s every 3-15 s, the starvation that makes
 Triton 2.51's Python backend abort at start-up (see `LocalTritonServer.start`), made on
 purpose. `--settings current single-try` interleaves the shipped launcher with the earlier
 one (a single try, models loading in parallel) so both are measured under the same load.
@@ -135,8 +135,9 @@ def _neighbour_worker(memory_mb: int, shm_mb: int, threads: int, seed: int) -> N
 
 
 class StubStaller:
-    """Freezes the backend processes of this process's servers (SIGSTOP) for 1-2.5 s at
-    random moments: a starved node, made on purpose and confined to our own servers."""
+    """Freezes one backend process of this process's servers (SIGSTOP) for 1-2.5 s every
+    3-15 s: a node that now and then starves a process for over a second, made on purpose
+    and confined to our own servers."""
 
     def __init__(self, seed: int = 0):
         self._random = random.Random(seed)
@@ -156,7 +157,7 @@ class StubStaller:
         return [stub for server in servers for stub, state in procfs.children(server) if state != "Z"]
 
     def _run(self) -> None:
-        while not self._stop.wait(self._random.uniform(1.0, 4.0)):
+        while not self._stop.wait(self._random.uniform(3.0, 15.0)):
             stubs = self._stubs()
             if not stubs:
                 continue
