@@ -65,20 +65,35 @@ def prompt(handler, text="Hello world") -> list[int]:
     return handler.tokenizer(text)["input_ids"]
 
 
-def test_cancel_stops_within_one_decode_step(handler, engine):
+def test_abort_stops_before_the_next_decode_step(handler, engine):
     client = Client()
+    request_ids = []
 
     def on_event(event):
         client.on_event(event)
         if event.num_output_tokens >= 5 and not client.cancelled.is_set():
             client.tokens_at_cancel = event.num_output_tokens
             client.cancelled.set()
+            engine.abort(request_ids[0])
 
-    engine.submit(prompt(handler), long_params(), on_event, client.cancelled.is_set)
+    request_ids.append(engine.submit(prompt(handler), long_params(), on_event))
     final = client.final()
     assert final.finish_reason == "cancelled"
-    assert final.num_output_tokens - client.tokens_at_cancel <= 1  # no decode step after the flag
+    assert final.num_output_tokens == client.tokens_at_cancel  # no decode step after the abort
     assert engine.load().running == 0
+
+
+def test_aborting_a_waiting_request_by_id_costs_no_prefill(handler, engine):
+    running, waiting = Client(), Client()
+    running_id = engine.submit(prompt(handler), long_params(), running.on_event)
+    running.first()  # the one batch slot is taken
+    waiting_id = engine.submit(prompt(handler), long_params(), waiting.on_event)
+    engine.abort(waiting_id)
+    final = waiting.final()
+    assert final.finish_reason == "cancelled" and final.num_output_tokens == 0
+    engine.abort(running_id)
+    assert running.final().finish_reason == "cancelled"
+    engine.abort("no-such-request")  # unknown ids are ignored
 
 
 def test_full_queue_refuses_and_cancelled_waiter_costs_no_prefill(handler, engine):
@@ -109,15 +124,15 @@ def test_close_sends_a_final_event_to_running_and_waiting_requests(handler, engi
 
 def test_a_row_failing_to_sample_fails_alone(handler, monkeypatch):
     """A sampling error (here injected for seed 666) fails its request; the batch goes on."""
-    real = engine_module.TokenSampler
+    real = engine_module.BatchSampler
 
     class FaultySampler(real):
-        def __call__(self, token_ids, logits):
-            if self.params.seed == 666:
+        def choose_on_device(self, rows, generated, logits):
+            if any(row.params.seed == 666 for row in rows):
                 raise RuntimeError("sampling fault injected")
-            return super().__call__(token_ids, logits)
+            return super().choose_on_device(rows, generated, logits)
 
-    monkeypatch.setattr(engine_module, "TokenSampler", FaultySampler)
+    monkeypatch.setattr(engine_module, "BatchSampler", FaultySampler)
     engine = GenerationEngine(handler.model, handler.tokenizer, max_batch_size=4)
     try:
         good, bad = Client(), Client()
@@ -132,8 +147,8 @@ def test_a_row_failing_to_sample_fails_alone(handler, monkeypatch):
         engine.close()
 
 
-def test_default_check_interval_bounds_the_work_after_a_cancel(handler):
-    """Checked at most every 10 ms: a cancel costs at most ~10 ms of decoding, not a step count."""
+def test_a_polled_cancel_flag_aborts_the_request(handler):
+    """`is_cancelled` is polled (every 10 ms) off the decode loop; True aborts the request."""
     engine = GenerationEngine(handler.model, handler.tokenizer)
     client = Client()
     flagged_at: list[float] = []

@@ -1,75 +1,46 @@
 """Iteration-level (continuous) batching of generation requests on one model.
 
-One background thread owns the model. Each loop iteration it admits waiting requests
-(prefilled together, then merged into the running batch), runs one decode step for every
-running request, and lets finished or cancelled requests leave at once. Each request keeps
-its own sampling parameters, seed and stop conditions, and receives its own events.
+The engine is split by job, as vLLM's v1 engine core:
+- `Scheduler`: the bounded waiting queue; admits requests by free batch slots and a
+  prefill-token budget; collects `abort(request_id)` calls from any thread;
+- a model runner (`runner.py`): prefill and decode steps, each request in a KV-cache slot;
+- `BatchSampler`: the next token of every row in one pass on the device, one host sync;
+- `accept_token`: the one stop check (end-of-text, stop strings, max_new_tokens);
+- this class: one thread that loops admit -> prefill -> decode -> sample -> stop check ->
+  emit, and retires finished requests at once, freeing their slots.
 
-Safety: the waiting queue is bounded (`max_queue_size`; a full queue raises OverloadedError
-at submit, so overload is refused up front rather than queued without end), cancellation is
-checked before prefill and before each decode step (for a row at most every
-`cancel_check_interval` seconds: under Triton each check is a round trip to the server, ~50 us),
-a failure while sampling one row fails only that row, and `on_load` reports running/waiting
-counts for metrics.
+Each request keeps its own sampling parameters, seed and stop conditions, and receives its
+own events. Safety: a full waiting queue raises OverloadedError at submit; a failure while
+sampling fails only the rows that cause it; a failing receiver aborts only its request;
+`on_load` reports running/waiting counts for metrics.
+
+Cancellation is `abort(request_id)`, called by whoever notices that the client is gone. A
+server whose only signal is a poll (Triton's `request.is_cancelled()`) passes it to `submit`:
+a `CancelWatcher` thread on the response side polls it and calls `abort`, so the decode loop
+never waits for the server.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
-from mosaic_serving.errors import OverloadedError
-from mosaic_serving.generation.batch import KVBatch
-from mosaic_serving.generation.sampling import SamplingParams, TokenSampler
+from mosaic_serving.generation.cancel import CancelWatcher
+from mosaic_serving.generation.request import (
+    GenerationEvent,
+    Request,
+    RequestStatus,
+    accept_token,
+    next_request_id,
+)
+from mosaic_serving.generation.runner import make_runner
+from mosaic_serving.generation.sampling import BatchSampler, RowSampler, SamplingParams
+from mosaic_serving.generation.scheduler import Scheduler
 from mosaic_serving.generation.text import IncrementalText
-
-
-@dataclass
-class GenerationEvent:
-    """New text of one request since its previous event; `finish_reason` set on the last."""
-
-    text: str
-    num_input_tokens: int
-    num_output_tokens: int
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
-    error: str | None = None
-
-
-@dataclass
-class _Sequence:
-    prompt_ids: list[int]
-    params: SamplingParams
-    on_event: Callable[[GenerationEvent], None]
-    is_cancelled: Callable[[], bool]
-    sampler: TokenSampler
-    text: IncrementalText
-    token_ids: torch.Tensor  # (1, length): prompt and generated tokens, for penalties
-    num_generated: int = 0
-    finish_reason: str | None = None
-    next_token: int = -1
-    unsent: str = ""  # text released by the token that finished the request
-    error: str | None = None  # set with finish_reason "error": this row alone failed
-    finished: bool = False  # the final event has been sent
-    checked_at: float = 0.0  # when cancellation was last asked (time.monotonic)
-
-    def emit(self, text: str) -> None:
-        """Send one event; a failing receiver (a client gone) cancels only this request."""
-        if self.finished:
-            return
-        self.finished = self.finish_reason is not None
-        event = GenerationEvent(text, len(self.prompt_ids), self.num_generated, self.finish_reason, self.error)
-        try:
-            self.on_event(event)
-        except Exception:  # noqa: BLE001 - the receiver's failure must not stop the batch
-            self.finish_reason = self.finish_reason or "cancelled"
-
-    def fail(self, error: Exception) -> None:
-        self.finish_reason, self.error = "error", f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
@@ -88,9 +59,6 @@ class DecodeCounts:
     rows: int = 0
 
 
-_STOP = object()
-
-
 class GenerationEngine:
     """Runs generation requests for one causal LM with continuous batching."""
 
@@ -101,20 +69,27 @@ class GenerationEngine:
         max_batch_size: int = 32,
         max_queue_size: int | None = None,
         cancel_check_interval: float = 0.01,
+        prefill_token_budget: int = 2048,
+        compile_mode: str | None = "auto",
     ):
+        """`cancel_check_interval`: seconds between polls of `is_cancelled` callbacks;
+        `prefill_token_budget`: prompt tokens one step prefills (beyond the first request);
+        `compile_mode`: see `decode_step` ("auto", "none", "default", "freeze", "reduce-overhead")."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
-        self.max_queue_size = max_queue_size  # None: unbounded
-        self.cancel_check_interval = cancel_check_interval
+        self.max_queue_size = max_queue_size
+        self.runner = make_runner(model, max_batch_size, compile_mode)
+        if hasattr(self.runner, "step"):
+            self.runner.step.warm_up()  # compile now, not at the first request
+        self.sampler = BatchSampler(self.device)
+        self.scheduler = Scheduler(max_batch_size, max_queue_size, prefill_token_budget)
+        self.cancel_watcher = CancelWatcher(self.abort, cancel_check_interval)
         self.on_load: Callable[[EngineLoad], None] | None = None  # called from the engine thread
-        self._waiting: queue.Queue = queue.Queue()
-        self._running: list[_Sequence] = []
-        self._batch: KVBatch | None = None
-        self._reported = EngineLoad(0, 0)
         self.decoded = DecodeCounts()  # written by the engine thread only
-        self._closing = threading.Event()
+        self._running: list[Request] = []
+        self._reported = EngineLoad(0, 0)
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -125,34 +100,34 @@ class GenerationEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         on_event: Callable[[GenerationEvent], None],
-        is_cancelled: Callable[[], bool] = lambda: False,
-    ) -> None:
-        """Queue a request; `on_event` is called from the engine thread for each event.
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> str:
+        """Queue a request and return its id; `on_event` is called from the engine thread.
 
+        `is_cancelled`, if given, is polled off the decode loop; True aborts the request.
         Raises OverloadedError when `max_queue_size` requests are already waiting.
         """
-        waiting = self._waiting.qsize()
-        if self.max_queue_size is not None and waiting >= self.max_queue_size:
-            raise OverloadedError(
-                f"at capacity: {waiting} requests already wait for one of the {self.max_batch_size} batch slots "
-                f"(max_queue_size {self.max_queue_size}); retry later"
-            )
-        sequence = _Sequence(
-            prompt_ids=prompt_ids,
+        request = Request(
+            request_id=next_request_id(),
+            prompt_ids=list(prompt_ids),
             params=params,
             on_event=on_event,
-            is_cancelled=is_cancelled,
-            sampler=TokenSampler(params, len(prompt_ids), self.device),
+            sampler=RowSampler(params, prompt_ids, self.device),
             text=IncrementalText(self.tokenizer, params.stop),
-            token_ids=torch.tensor([prompt_ids], device=self.device),
         )
-        self._waiting.put(sequence)
+        self.scheduler.add(request)
+        if is_cancelled is not None:
+            self.cancel_watcher.watch(request.request_id, is_cancelled)
+        return request.request_id
+
+    def abort(self, request_id: str) -> None:
+        """End a request as cancelled before its next step (from any thread; unknown ids are ignored)."""
+        self.scheduler.abort(request_id)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
-        """Events of one request as an iterator; closing it early cancels the request."""
-        events: queue.Queue = queue.Queue()
-        cancelled = threading.Event()
-        self.submit(prompt_ids, params, events.put, cancelled.is_set)
+        """Events of one request as an iterator; closing it early aborts the request."""
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        request_id = self.submit(prompt_ids, params, events.put)
         try:
             while True:
                 event = events.get()
@@ -160,163 +135,127 @@ class GenerationEngine:
                 if event.finish_reason is not None:
                     return
         finally:
-            cancelled.set()
+            self.abort(request_id)
 
     def load(self) -> EngineLoad:
-        return EngineLoad(len(self._running), self._waiting.qsize())
+        return EngineLoad(len(self._running), self.scheduler.waiting)
 
     def close(self) -> None:
         """Stop the engine thread; requests running or waiting are finished as cancelled."""
-        self._closing.set()
-        self._waiting.put(_STOP)  # wakes the thread if it waits for work
+        self.scheduler.close()
         self._thread.join(timeout=30)
+        self.cancel_watcher.close()
 
     # ---- the engine thread --------------------------------------------------------------
 
     def _loop(self) -> None:
         with torch.inference_mode():
-            while not self._closing.is_set():
-                admitted = self._take_waiting()
-                if admitted is None:
-                    break
+            while self._running or self.scheduler.wait_for_work():
+                admitted: list[Request] = []
                 try:
+                    admitted = self._admit()
                     if admitted:
                         self._prefill(admitted)
                     if self._running:
-                        self._decode_step()
+                        self._decode()
                 except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
                     self._fail_all(admitted + self._running, error)
                 self._report_load()
+                if self.scheduler.closed:
+                    break
         self._finish_all_cancelled()
 
-    def _take_waiting(self) -> list[_Sequence] | None:
-        """New requests that fit in the batch; blocks while nothing is running. None: stop.
-
-        Requests cancelled while they waited are finished here, before costing a prefill.
-        """
-        admitted: list[_Sequence] = []
-        while len(self._running) + len(admitted) < self.max_batch_size:
-            try:
-                item = self._waiting.get(block=not self._running and not admitted)
-            except queue.Empty:
-                break
-            if item is _STOP:
-                for sequence in admitted:
-                    _finish_cancelled(sequence)
-                return None
-            if _cancelled(item):
-                _finish_cancelled(item)
-            else:
-                admitted.append(item)
+    def _admit(self) -> list[Request]:
+        """Apply aborts; take the waiting requests that fit (aborted waiters end unprefilled)."""
+        aborted = self.scheduler.take_aborts()
+        for request in self._running:
+            if request.request_id in aborted:
+                request.finish(RequestStatus.FINISHED_ABORTED)
+        self._retire_finished()
+        admitted, dropped = self.scheduler.admit(self.runner.free_slots, aborted)
+        for request in dropped:
+            self._close(request, RequestStatus.FINISHED_ABORTED)
+        for request in admitted:
+            request.status = RequestStatus.RUNNING
         return admitted
 
-    def _prefill(self, sequences: list[_Sequence]) -> None:
-        """Run the new prompts as one left-padded batch, then merge them into the batch."""
-        width = max(len(s.prompt_ids) for s in sequences)
-        input_ids = torch.zeros(len(sequences), width, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(input_ids)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, width - len(sequence.prompt_ids) :] = torch.tensor(sequence.prompt_ids)
-            mask[row, width - len(sequence.prompt_ids) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        output = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
-        prefilled = KVBatch(output.cache, mask)
-        if self._batch is None:
-            self._batch = prefilled
-        else:
-            self._batch.extend(prefilled)
-        self._running.extend(sequences)
-        self._advance(sequences, output.logits[:, -1, :])
+    def _prefill(self, requests: list[Request]) -> None:
+        self._running.extend(requests)
+        self._advance(requests, self.runner.prefill(requests))
 
-    def _decode_step(self) -> None:
-        """Feed every running row its last token and choose the next one."""
-        now = time.monotonic()
-        for sequence in self._running:
-            if now - sequence.checked_at >= self.cancel_check_interval and _cancelled(sequence):
-                sequence.finish_reason = "cancelled"
-        self._retire_finished()
-        if not self._running:
-            return
-        self._batch.grow()
-        input_ids = torch.tensor([[s.next_token] for s in self._running], device=self.device)
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=self._batch.mask,
-            position_ids=self._batch.next_positions(),
-            cache=self._batch.cache,
-            use_cache=True,
-        )
-        self._batch.cache = output.cache
+    def _decode(self) -> None:
+        logits = self.runner.decode(self._running)
         self.decoded.steps += 1
         self.decoded.rows += len(self._running)
-        self._advance(self._running, output.logits[:, -1, :])
+        self._advance(self._running, logits)
 
-    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+    def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
         """Choose each row's next token, emit its text, and retire finished rows."""
-        for sequence, token in zip(sequences, self._choose_tokens(sequences, logits)):
-            if token is not None:
-                self._append_token(sequence, token)
+        for request, token in zip(requests, self._choose(requests, logits)):
+            if token is None:
+                continue
+            piece = accept_token(request, token)
+            if piece:
+                request.emit(piece)
         self._retire_finished()
 
-    def _choose_tokens(self, sequences: list[_Sequence], logits: torch.Tensor) -> list[int | None]:
-        """Plain greedy rows share one argmax; other rows sample with their own settings."""
-        greedy = logits.argmax(dim=-1).tolist()
-        return [
-            greedy[row] if s.sampler.is_plain_greedy else _sample(s, logits[row : row + 1])
-            for row, s in enumerate(sequences)
-        ]
+    def _choose(self, requests: list[Request], logits: torch.Tensor) -> list[int | None]:
+        """All rows in one pass; if that raises, row by row, failing only the rows that raise."""
+        generated = [r.num_generated for r in requests]
+        try:
+            tokens = self.sampler.choose_on_device([r.sampler for r in requests], generated, logits)
+            self.runner.set_next_tokens(requests, tokens)
+            chosen = tokens.tolist()  # the step's one host sync
+        except Exception:  # noqa: BLE001 - find the faulty rows
+            chosen = [self._choose_alone(r, logits[i:i + 1]) for i, r in enumerate(requests)]
+        for request, token in zip(requests, chosen):
+            if token == -1:
+                request.finish(RequestStatus.FINISHED_ERROR, "ValueError: the model's scores are not finite")
+        return [token if token is not None and token >= 0 else None for token in chosen]
 
-    def _append_token(self, sequence: _Sequence, token: int) -> None:
-        sequence.num_generated += 1
-        sequence.next_token = token
-        if token in sequence.params.eos_token_ids:
-            sequence.finish_reason = "stop"
-            return
-        if sequence.sampler.processors:
-            sequence.token_ids = torch.cat([sequence.token_ids, sequence.token_ids.new_tensor([[token]])], dim=1)
-        piece = sequence.text.push(token)
-        if sequence.text.stopped:
-            sequence.finish_reason = "stop"
-        elif sequence.num_generated >= sequence.params.max_new_tokens:
-            sequence.finish_reason = "length"
-        if sequence.finish_reason is not None:
-            sequence.unsent = piece
-        elif piece:
-            sequence.emit(piece)
+    def _choose_alone(self, request: Request, logits: torch.Tensor) -> int | None:
+        try:
+            token = self.sampler.choose_on_device([request.sampler], [request.num_generated], logits)
+            self.runner.set_next_tokens([request], token)
+            return int(token[0])
+        except Exception as error:  # noqa: BLE001 - this row alone fails
+            request.finish(RequestStatus.FINISHED_ERROR, f"{type(error).__name__}: {error}")
+            return None
 
     def _retire_finished(self) -> None:
-        """Send final events and drop finished rows from the batch."""
-        keep = [row for row, s in enumerate(self._running) if s.finish_reason is None]
-        if len(keep) == len(self._running):
+        """Send final events, free the slots of finished requests."""
+        if all(not r.status.finished for r in self._running):
             return
-        for sequence in self._running:
-            if sequence.finish_reason is not None:
-                sequence.emit(sequence.unsent + sequence.text.finish())
-        self._running = [self._running[row] for row in keep]
-        if keep:
-            self._batch.keep(keep)
-        else:
-            self._batch = None
+        still = []
+        for request in self._running:
+            if request.status.finished:
+                self.runner.release(request)
+                self._close(request, request.status)
+            else:
+                still.append(request)
+        self._running = still
 
-    def _fail_all(self, sequences: list[_Sequence], error: Exception) -> None:
-        for sequence in {id(s): s for s in sequences}.values():
-            if not sequence.finished:
-                sequence.fail(error)
-                sequence.emit("")
-        self._running, self._batch = [], None
+    def _close(self, request: Request, status: RequestStatus) -> None:
+        request.finish(status)
+        request.emit_final()
+        self.cancel_watcher.forget(request.request_id)
+
+    def _fail_all(self, requests: list[Request], error: Exception) -> None:
+        message = f"{type(error).__name__}: {error}"
+        for request in {id(r): r for r in requests}.values():
+            request.finish(RequestStatus.FINISHED_ERROR, message)
+            self.runner.release(request)
+            if not request.closed:
+                request.emit("")
+            self.cancel_watcher.forget(request.request_id)
+        self._running = []
 
     def _finish_all_cancelled(self) -> None:
         """On close: every running and waiting request gets its final (cancelled) event."""
-        waiting = []
-        while not self._waiting.empty():
-            item = self._waiting.get_nowait()
-            if item is not _STOP:
-                waiting.append(item)
-        for sequence in self._running + waiting:
-            _finish_cancelled(sequence)
-        self._running, self._batch = [], None
+        for request in self._running + self.scheduler.drain():
+            self.runner.release(request)
+            self._close(request, RequestStatus.FINISHED_ABORTED)
+        self._running = []
         self._report_load()
 
     def _report_load(self) -> None:
@@ -329,26 +268,3 @@ class GenerationEngine:
             self.on_load(load)
         except Exception:  # noqa: BLE001 - metrics must never stop generation
             self.on_load = None
-
-
-def _finish_cancelled(sequence: _Sequence) -> None:
-    sequence.finish_reason = "cancelled"
-    sequence.emit(sequence.unsent + sequence.text.finish())
-
-
-def _cancelled(sequence: _Sequence) -> bool:
-    """Whether the client gave up; a failing check counts as gone (its request is dead)."""
-    sequence.checked_at = time.monotonic()
-    try:
-        return bool(sequence.is_cancelled())
-    except Exception:  # noqa: BLE001
-        return True
-
-
-def _sample(sequence: _Sequence, logits: torch.Tensor) -> int | None:
-    """The row's sampled token, or None after failing only this row (e.g. NaN logits)."""
-    try:
-        return sequence.sampler(sequence.token_ids, logits)
-    except Exception as error:  # noqa: BLE001 - the other rows go on
-        sequence.fail(error)
-        return None

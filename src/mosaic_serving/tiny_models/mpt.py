@@ -1,8 +1,9 @@
 """A tiny random MPT with a byte-level BPE tokenizer trained here on a built-in text.
 
 Same architecture and files as mosaicml/mpt-7b (`model_type: "mpt"`, loaded by transformers'
-built-in MPT classes), ~0.1M parameters. The tokenizer is byte-level like MPT's GPT-NeoX
-tokenizer, so multi-byte characters can be split across tokens, as with the real model.
+built-in MPT classes), ~0.1M parameters: input and output embeddings tied (no `lm_head` of
+its own), no biases, ALiBi, layer norms without bias. The tokenizer is byte-level like MPT's
+GPT-NeoX tokenizer, so multi-byte characters can be split across tokens, as with the real model.
 """
 
 from __future__ import annotations
@@ -50,8 +51,23 @@ def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, ex
     config = MptConfig(
         d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio, max_seq_len=512,
         vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,  # an untied random head gives varied greedy text, not one repeated byte
+        tie_word_embeddings=True, no_bias=True,  # as mosaicml/mpt-7b
     )
     model = MptForCausalLM(config)
+    _spread_block_weights(model)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def _spread_block_weights(model: MptForCausalLM, gain: float = 4.0) -> None:
+    """Give the blocks' matrices std gain / sqrt(fan_in) (the embeddings keep std 0.02).
+
+    With tied embeddings and transformers' default init, the token's own embedding dominates
+    the last hidden state, so a random model greedily repeats its input token; blocks that
+    weigh more than the embedding give varied text (tests need stop strings to find).
+    """
+    with torch.no_grad():
+        for block in model.transformer.blocks:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, gain / module.weight.shape[1] ** 0.5)
