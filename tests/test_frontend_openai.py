@@ -20,7 +20,7 @@ from mosaic_client import Client
 from mosaic_serving.frontend import FrontendProcess
 from mosaic_serving.frontend.chat import chatml
 from mosaic_serving.triton.local_server import free_port
-from reliability import metric, wait_for
+from reliability import limited_server, metric, wait_for
 
 PROMPT = "Once upon a time"
 
@@ -268,6 +268,20 @@ def test_unreachable_triton_is_503_with_retry_after(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"{lonely.url}/health", timeout=30)
         assert caught.value.code == 503
+
+
+def test_mpt_at_capacity_is_503_with_retry_after(tmp_path):
+    """On the server with 2 batch slots and a queue of 2 (tests/reliability.py), 8 choices at
+    once overflow it: the request gets 503, and the next one is served again."""
+    limited = limited_server()
+    with FrontendProcess(limited.grpc_url, free_port(), log_file=tmp_path / "f.log") as front:
+        body = {"model": "mpt", "prompt": PROMPT, "n": 8, "max_tokens": 64, "min_tokens": 64, "temperature": 0}
+        status, answer, headers = post(f"{front.url}/v1/completions", json.dumps(body).encode())
+        assert status == 503 and headers["Retry-After"] == "1", answer
+        assert "max_queue_size 2" in answer["error"]["message"] and answer["error"]["code"] == "unavailable"
+        wait_for(lambda: metric(limited, "mpt_running_requests", model="mpt") == 0, timeout=30)
+        status, answer, _ = post(f"{front.url}/v1/completions", json.dumps({**body, "n": 1}).encode())
+        assert status == 200 and answer["choices"][0]["finish_reason"] == "length"
 
 
 def test_api_key_is_required_when_set(server, tmp_path):

@@ -22,7 +22,6 @@ from typing import Any, AsyncIterator
 from mosaic_client import ClientError, Generation
 
 from mosaic_serving.frontend.body import ANY_VALUE, Body
-from mosaic_serving.frontend.catalog import Kind
 from mosaic_serving.frontend.errors import APIError, bad_request, from_client_error
 from mosaic_serving.frontend.state import State
 from mosaic_serving.frontend.streaming import EventStream
@@ -291,6 +290,8 @@ async def streamed(state: State, request: TextRequest, chat: bool) -> EventStrea
     except ClientError as error:
         await pieces.aclose()
         raise from_client_error(error) from error
+    except StopAsyncIteration:
+        raise APIError(502, f"The model '{request.model}' ended the stream without a response") from None
     except BaseException:
         await pieces.aclose()
         raise
