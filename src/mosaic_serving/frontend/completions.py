@@ -298,43 +298,59 @@ async def streamed(state: State, request: TextRequest, chat: bool) -> EventStrea
     return EventStream(_events(request, chat, choices, first, pieces), "text/event-stream")
 
 
+class _Chunks:
+    """Server-sent chunks of one stream. The parts that never change (id, model, ...) are
+    serialised once; a chunk costs one json.dumps of its text, as streams send one per token."""
+
+    def __init__(self, request: TextRequest, chat: bool):
+        envelope = json.dumps(_envelope(request, chat, stream=True))
+        self.head = "data: " + envelope[:-1] + ', "choices": ['
+        self.tail = "]" + (', "usage": null' if request.include_usage else "") + "}\n\n"
+        self.chat = chat
+        self.started: set[int] = set()
+
+    def __call__(self, index: int, text: str | None, finish_reason: str | None) -> bytes:
+        finish = "null" if finish_reason is None else json.dumps(finish_reason)
+        if self.chat:
+            delta = []
+            if index not in self.started:
+                delta.append('"role": "assistant"')
+            if text is not None:
+                delta.append('"content": ' + json.dumps(text))
+            choice = f'{{"index": {index}, "delta": {{{", ".join(delta)}}}, "logprobs": null, "finish_reason": {finish}}}'
+        else:
+            choice = f'{{"index": {index}, "text": {json.dumps(text or "")}, "logprobs": null, "finish_reason": {finish}}}'
+        self.started.add(index)
+        return (self.head + choice + self.tail).encode()
+
+
 async def _events(request: TextRequest, chat: bool, choices: list, first: tuple[int, Generation],
                   pieces: AsyncIterator[tuple[int, Generation]]) -> AsyncIterator[bytes]:
-    envelope = _envelope(request, chat, stream=True)
+    chunk = _Chunks(request, chat)
     results: dict[int, Generation] = {}
-    started: set[int] = set()
 
-    def chunk(index: int, text: str | None, finish_reason: str | None) -> bytes:
-        if chat:
-            delta: dict[str, Any] = {}
-            if index not in started:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        started.add(index)
-        return _sse({**envelope, "choices": [choice], **({"usage": None} if request.include_usage else {})})
-
-    async def all_pieces() -> AsyncIterator[tuple[int, Generation]]:
-        yield first
-        async for item in pieces:
-            yield item
+    def events(position: int, piece: Generation) -> list[bytes]:
+        index = choices[position][0]
+        out = []
+        if piece.text or (chat and index not in chunk.started):
+            out.append(chunk(index, piece.text, None))
+        if piece.finish_reason:
+            results[index] = piece
+            out.append(chunk(index, None if chat else "", piece.finish_reason))
+        return out
 
     try:
         if request.echo:
             for index, prompt, _ in choices:
                 yield chunk(index, prompt, None)
-        async for position, piece in all_pieces():
-            index = choices[position][0]
-            if piece.text or (chat and index not in started):
-                yield chunk(index, piece.text, None)
-            if piece.finish_reason:
-                results[index] = piece
-                yield chunk(index, None if chat else "", piece.finish_reason)
+        for event in events(*first):
+            yield event
+        async for position, piece in pieces:
+            for event in events(position, piece):
+                yield event
         if request.include_usage:
-            yield _sse({**envelope, "choices": [], "usage": _usage(request, results)})
+            usage = {**_envelope(request, chat, stream=True), "choices": [], "usage": _usage(request, results)}
+            yield _sse(usage)
     except ClientError as error:
         yield _sse(from_client_error(error).body())
     finally:
