@@ -35,6 +35,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import ALL_MODELS, tiny_model_env
 from mosaic_serving.launcher.procfs import children
 from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
@@ -277,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = {**tiny_model_env(), "HF_HUB_OFFLINE": "1"}
-    repository = Path(__file__).resolve().parents[1] / "model_repository"
-    with LocalTritonServer(repository, models=ALL_MODELS, env=env, log_file=args.log_file) as server:
+    with LocalTritonServer(default_model_repository(), models=ALL_MODELS, env=env, log_file=args.log_file) as server:
         print(f"server ready in {server.startup_seconds:.1f} s (log: {server.log_file}); warming up with "
               f"{args.warmup} requests", flush=True)
         run(server, args.warmup, args.concurrency, args.seed + 1, 1, lambda _: None)

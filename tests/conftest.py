@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import ALL_MODELS, tiny_model_env
 from mosaic_serving.tiny_models import tiny_model_path
 from mosaic_serving.triton.local_server import LocalTritonServer
@@ -24,7 +25,7 @@ def tiny_diffusion_path():
     return tiny_model_path("diffusion")
 
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+REPOSITORY = default_model_repository()
 
 
 @pytest.fixture(scope="session")

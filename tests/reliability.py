@@ -14,11 +14,12 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import tiny_model_env
 from mosaic_serving.launcher.procfs import children
 from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+REPOSITORY = default_model_repository()
 MODELS = ("mpt", "instructor", "diffusion", "custom_example")
 
 # A test handler for the generic custom model: non-streaming (so it runs under BatchedModel),

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,12 @@ from tritonclient.grpc import model_config_pb2
 
 from helpers import grpc_stream, http_generate, tensor, text
 from mosaic_serving import mosaicml_import
-from mosaic_serving.mosaicml_import import BUILTINS, main, parameter_text
+from mosaic_serving.mosaicml_import import BUILTINS, accepted_parameters, main, parameter_text
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.triton.config import ADAPTER_PARAMETERS, EXECUTION_ENV_PARAMETER, config_parameters, parse_value
 from mosaic_serving.triton.local_server import LocalTritonServer
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+REPOSITORY = default_model_repository()
 # CPU equivalents of MosaicML's handlers, laid out like mosaicml/examples, beside MosaicML's YAMLs.
 CPU_EXAMPLES = Path(__file__).resolve().parent / "mosaicml_examples"
 MOSAICML_YAMLS = CPU_EXAMPLES / "examples" / "inference-deployments"
@@ -364,14 +366,38 @@ def test_parameter_text_round_trips(value):
 
 
 def test_builtin_parameter_lists_match_the_handlers():
+    """The importer reads each handler's parameters from the handler: its declared
+    CONSTRUCTOR_PARAMETERS (kept equal to __init__ here) or its __init__ signature (mpt)."""
     for builtin in BUILTINS.values():
         module_name, _, class_name = builtin.handler.rpartition(".")
         handler = getattr(__import__(module_name, fromlist=[class_name]), class_name)
         accepted = set(inspect.signature(handler.__init__).parameters) - {"self", "device"}
         assert set(builtin.parameters) == accepted, builtin.model
+        if builtin.model != "mpt":
+            assert handler.CONSTRUCTOR_PARAMETERS == accepted, builtin.model
         template = text_format.Parse((REPOSITORY / builtin.model / "config.pbtxt").read_text(),
                                      model_config_pb2.ModelConfig())
         assert set(template.parameters) - ADAPTER_PARAMETERS <= accepted, builtin.model
+
+
+def test_parameters_are_read_from_the_handler_class():
+    """A class without CONSTRUCTOR_PARAMETERS: its __init__'s keyword parameters, less `device`."""
+
+    class Handler:
+        def __init__(self, model_name_or_path, *args, device=None, limit: int = 1, **kwargs):
+            pass
+
+    module = types.ModuleType("mosaic_serving_test_handlers")
+    module.Handler = Handler
+    sys.modules[module.__name__] = module
+    try:
+        assert accepted_parameters(f"{module.__name__}.Handler") == {"model_name_or_path", "limit"}
+        Handler.CONSTRUCTOR_PARAMETERS = frozenset({"limit"})
+        accepted_parameters.cache_clear()
+        assert accepted_parameters(f"{module.__name__}.Handler") == {"limit"}
+    finally:
+        del sys.modules[module.__name__]
+        accepted_parameters.cache_clear()
 
 
 def test_module_runs_as_a_command(tmp_path):

@@ -28,11 +28,12 @@ from frontend_support import mcli_predict
 from helpers import http_generate, http_generate_stream
 from mosaic_serving.frontend import FrontendProcess
 from mosaic_serving.mosaicml_import import main
-from mosaic_serving.python_env import site_packages
+from mosaic_serving.mosaicml_import.python_env import site_packages
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER
 from mosaic_serving.triton.local_server import LocalTritonServer, free_port
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+REPOSITORY = default_model_repository()
 CPU_EXAMPLES = Path(__file__).resolve().parent / "mosaicml_examples"
 YAMLS = CPU_EXAMPLES / "examples" / "inference-deployments"
 GREEDY = {"max_new_tokens": 4, "do_sample": False}

@@ -14,17 +14,13 @@ import sys
 import threading
 from pathlib import Path
 
+from mosaic_serving.repository import default_model_repository
 from mosaic_serving.tiny_models import tiny_model_path
 from mosaic_serving.triton.local_server import LocalTritonServer, PortInUseError, ServerStartError
 
 ALL_MODELS = ("mpt", "instructor", "diffusion", "custom_example")
 EXIT_PORT_IN_USE = 2  # the exit status when a port is taken (1: any other failed start)
 TINY_MODEL_VARIABLES = {"MPT_MODEL": "mpt", "INSTRUCTOR_MODEL": "instructor", "DIFFUSION_MODEL": "diffusion"}
-
-
-def default_model_repository() -> Path:
-    """The shipped model repository, beside the package's source tree."""
-    return Path(__file__).resolve().parents[2] / "model_repository"
 
 
 def tiny_model_env(environ=os.environ) -> dict[str, str]:

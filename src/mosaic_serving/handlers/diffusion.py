@@ -46,6 +46,11 @@ class ImageRequest:
 class StableDiffusionHandler:
     """Generates PNG images from text prompts with a diffusers Stable Diffusion pipeline."""
 
+    # The constructor kwargs a deployment may set (config.pbtxt parameters, MosaicML's
+    # model_parameters); `device` is each instance's own. A test keeps this equal to __init__.
+    CONSTRUCTOR_PARAMETERS = frozenset({"model_name_or_path", "dtype", "max_pixels", "max_images_per_request",
+                                        "max_inference_steps", "max_images_per_batch"})
+
     def __init__(
         self,
         model_name_or_path: str,

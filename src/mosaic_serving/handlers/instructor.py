@@ -31,6 +31,10 @@ _ENCODER_CLASSES = {"t5": T5EncoderModel, "mt5": MT5EncoderModel}
 class HFInstructorHandler:
     """Embeds `[instruction, text]` pairs; results are L2-normalised float vectors."""
 
+    # The constructor kwargs a deployment may set (config.pbtxt parameters, MosaicML's
+    # model_parameters); `device` is each instance's own. A test keeps this equal to __init__.
+    CONSTRUCTOR_PARAMETERS = frozenset({"model_name_or_path", "dtype", "max_seq_length", "max_batch_size"})
+
     def __init__(
         self,
         model_name_or_path: str | os.PathLike,

@@ -26,13 +26,9 @@ from typing import Any, ClassVar
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError, status_code
+from mosaic_serving.handlers.model_path import check_model_path
 from mosaic_serving.params import Field
-from mosaic_serving.triton.config import (
-    EXECUTION_ENV_PARAMETER,
-    check_model_path,
-    config_parameters,
-    instance_device,
-)
+from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 

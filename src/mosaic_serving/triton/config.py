@@ -58,19 +58,3 @@ def instance_device(args: Mapping[str, str]) -> str:
         return f"cuda:{args.get('model_instance_device_id', '0')}"
     return "cpu"
 
-
-def check_model_path(model_name_or_path: object) -> None:
-    """Fail a load early and clearly when weights are named by a path that does not exist.
-
-    A hub id is `org/name` (relative, one slash); anything absolute, starting with `.` or `~`,
-    or deeper is a local path. Without this check, a mistyped path becomes a hub lookup that
-    fails later (or hangs offline) with a confusing message.
-    """
-    if not isinstance(model_name_or_path, str):
-        return
-    path = model_name_or_path
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1
-    if looks_local and not os.path.exists(os.path.expanduser(path)):
-        raise FileNotFoundError(
-            f"model_name_or_path {path!r} does not exist (a local path; hub ids look like 'org/name')"
-        )

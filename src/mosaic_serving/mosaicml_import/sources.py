@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mosaic_serving.python_env import read_requirements_file
+from mosaic_serving.mosaicml_import.python_env import read_requirements_file
 
 
 class SourceError(ValueError):
@@ -45,17 +45,18 @@ def parse_git_repo_option(text: str) -> tuple[str, Path]:
     return name, path
 
 
-def _integrations(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
-    items = deployment.get("integrations") or []
+def _integrations(integrations: Any) -> list[dict[str, Any]]:
+    """The deployment's `integrations` list, checked."""
+    items = integrations or []
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise SourceError("integrations must be a list of mappings, each with an integration_type")
     return items
 
 
-def pip_packages(deployment: Mapping[str, Any]) -> list[str]:
+def pip_packages(integrations: Any) -> list[str]:
     """The packages of every `pip_packages` integration, in order."""
     packages: list[str] = []
-    for index, item in enumerate(_integrations(deployment)):
+    for index, item in enumerate(_integrations(integrations)):
         if item.get("integration_type") != "pip_packages":
             continue
         listed = item.get("packages") or []
@@ -78,11 +79,10 @@ def _head_commit(folder: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def git_checkouts(deployment: Mapping[str, Any], checkouts: Mapping[str, Path],
-                  sources: HandlerSources) -> list[str]:
+def git_checkouts(integrations: Any, checkouts: Mapping[str, Path], sources: HandlerSources) -> list[str]:
     """Map each `git_repo` integration to its checkout; the names left unmapped."""
     unmapped = []
-    for index, item in enumerate(_integrations(deployment)):
+    for index, item in enumerate(_integrations(integrations)):
         if item.get("integration_type") != "git_repo":
             continue
         repo = item.get("git_repo")
@@ -125,12 +125,15 @@ def find_module(module: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def handler_sources(deployment: Mapping[str, Any], class_path: str, checkouts: Mapping[str, Path],
+def handler_sources(integrations: Any, class_path: str, checkouts: Mapping[str, Path],
                     includes: Sequence[Path] = (), use_requirements_txt: bool = True) -> HandlerSources:
-    """Checkouts, module file and requirements for the custom handler `class_path`."""
+    """Checkouts, module file and requirements for the custom handler `class_path`.
+
+    `integrations` is the deployment's list as the YAML has it (checked here).
+    """
     sources = HandlerSources()
-    unmapped = git_checkouts(deployment, checkouts, sources)
-    packages = pip_packages(deployment)
+    unmapped = git_checkouts(integrations, checkouts, sources)
+    packages = pip_packages(integrations)
     sources.requirements[:0] = packages
     sources.requirement_origins[:0] = ["integrations pip_packages"] * len(packages)
 

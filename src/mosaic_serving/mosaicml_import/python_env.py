@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 STUB_REQUIREMENTS = ("numpy<2",)  # what Triton 2.51's Python backend stub needs
 COMPLETE_MARKER = ".mosaic-env.json"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mosaic_serving
 
 
 class EnvBuildError(RuntimeError):
@@ -107,7 +107,8 @@ def install_adapter(env: Path) -> None:
         return
     staging = target.with_name(f".mosaic_serving.{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(PACKAGE_DIR, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # The installed package's copy of the model repository is data, not adapter code.
+    shutil.copytree(PACKAGE_DIR, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "model_repository"))
     (staging / ".source-digest").write_text(digest)
     old = target.with_name(f".mosaic_serving.old.{os.getpid()}")
     if target.exists():
