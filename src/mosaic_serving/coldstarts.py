@@ -79,12 +79,12 @@ def serve_one_request_each(server: LocalTritonServer, models: list[str]) -> None
 
 
 def cold_start(repository: Path, models: list[str], log_dir: Path, index: int,
-               settings: LaunchSettings = SETTINGS["current"]) -> StartOutcome:
+               settings: LaunchSettings = SETTINGS["current"], startup_timeout: float = 600) -> StartOutcome:
     """Start the server, serve one request a model, stop it: the outcome of this start."""
     log_file = log_dir / f"start-{index:03d}-{settings.name}.log"
     began = time.monotonic()
     server = LocalTritonServer(repository, models=models, env=tiny_model_env({}), log_file=log_file,
-                               startup_timeout=600, restart_crashed_models=False,
+                               startup_timeout=startup_timeout, restart_crashed_models=False,
                                start_attempts=settings.start_attempts, model_load_threads=settings.model_load_threads)
     try:
         server.start()
@@ -216,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="launcher settings to compare, interleaved start by start (default: current)")
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS))
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
+    parser.add_argument("--startup-timeout", type=float, default=600,
+                        help="seconds a start may take before it counts as hung (default 600)")
     parser.add_argument("--log-dir", type=Path, default=None, help="where failed starts keep their log")
     return parser.parse_args(argv)
 
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(3 if args.neighbour != "none" else 0)  # let the neighbour reach its stride
         for index in range(args.starts):
             for name in args.settings:
-                outcome = cold_start(args.model_repository, args.models, log_dir, index, SETTINGS[name])
+                outcome = cold_start(args.model_repository, args.models, log_dir, index, SETTINGS[name], args.startup_timeout)
                 outcomes[name].append(outcome)
                 print(f"start {index + 1}/{args.starts} [{name}]: {'up' if outcome.ok else 'FAILED'} in "
                       f"{outcome.seconds:.1f} s - {outcome.detail}"
