@@ -44,7 +44,12 @@ report), `model_folder` (the folder written), `cli`.
 
 from mosaic_serving.mosaicml_import.builtin_models import BUILTINS, Builtin, accepted_parameters, builtin_for
 from mosaic_serving.mosaicml_import.cli import main, parse_args
-from mosaic_serving.mosaicml_import.deployment import Deployment, DeploymentImportError, load_deployment, parse_deployment
+from mosaic_serving.mosaicml_import.deployment import (
+    Deployment,
+    DeploymentImportError,
+    load_deployment,
+    parse_deployment,
+)
 from mosaic_serving.mosaicml_import.model_folder import find_templates, write_model
 from mosaic_serving.mosaicml_import.plan import Plan, plan_import
 from mosaic_serving.mosaicml_import.render import helm_values, parameter_text, render_config, summary

@@ -64,8 +64,8 @@ def plan_import(deployment: Mapping[str, Any] | Deployment, name: str | None = N
         builtin, download, model_weights = _default_model(deployment, weights)
         class_path, handler_parameters = builtin.handler, {}
     else:
-        spec = deployment.model
-        class_path, handler_parameters, download, model_weights = spec.class_path, dict(spec.parameters), spec.download, None
+        class_path, download, model_weights = deployment.model.class_path, deployment.model.download, None
+        handler_parameters = dict(deployment.model.parameters)
         builtin = builtin_for(class_path)
     notes.extend(f"{key} is not used" for key in download.unused)
     if deployment.model:
