@@ -26,9 +26,9 @@ def generate_one(handler, prompt, **parameters):
 
 
 def reference_generate(handler, prompt, **kwargs):
-    """transformers' own generate: the ground truth for greedy decoding."""
+    """transformers' own generate (with its KV cache): the ground truth for greedy decoding."""
     inputs = handler.tokenizer(prompt, return_tensors="pt")
-    output = handler.model.generate(**inputs, **kwargs)
+    output = handler.model.generate(**inputs, use_cache=True, **kwargs)
     return handler.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 

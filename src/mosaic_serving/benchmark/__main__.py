@@ -1,6 +1,7 @@
 """Benchmark the served models with perf_analyzer against the in-process handlers.
 
     python -m mosaic_serving.benchmark [--size tiny|small] [--output bench-results]
+    python -m mosaic_serving.benchmark --peers [...]   # the engine against CTranslate2 and vLLM (peers.py)
 
 Starts a Triton server on free ports, loads each model over a range of concurrency (gRPC;
 streaming for mpt), stops it, measures the in-process handler on the same inputs, and
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -82,6 +84,12 @@ def baselines(size: dict, paths: dict[str, Path]) -> dict[str, list]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--peers" in argv:
+        from mosaic_serving.benchmark import peers
+
+        peers.main([a for a in argv if a != "--peers"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--output", type=Path, default=Path("bench-results"))

@@ -10,7 +10,8 @@ kernels); only the text is gibberish. For each batch size it times, in one proce
 - `engine`: that many greedy requests submitted together to the continuous-batching
   GenerationEngine (what the served `mpt` model runs), with time to first token and
   inter-token latency per request;
-- `generate`: one `model.generate` call on a batch of that many rows, MosaicML's way.
+- `generate`: one `model.generate(use_cache=True)` call on a batch of that many rows,
+  MosaicML's way (with the KV cache, which MPT's config leaves off by default).
 Every request makes exactly `new_tokens` tokens (no end-of-text stop). Writes
 `<output>/mpt-engine-<shape>.json` and `.md`.
 """
@@ -66,7 +67,9 @@ def time_generate(model, prompt_ids: list[int], new_tokens: int, batch_size: int
     """`rounds` calls of `model.generate` on `batch_size` copies of the prompt (greedy)."""
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids] * batch_size, device=device)
-    kwargs = {"attention_mask": torch.ones_like(input_ids), "max_new_tokens": new_tokens,
+    # use_cache=True: MptConfig (and the generation_config.json it saves) default to
+    # use_cache=False, which would recompute the whole sequence every step.
+    kwargs = {"attention_mask": torch.ones_like(input_ids), "max_new_tokens": new_tokens, "use_cache": True,
               "min_new_tokens": new_tokens, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     model.generate(input_ids, **kwargs)  # warm-up
     latencies = []
@@ -88,7 +91,7 @@ def greedy_agreement(model, engine: GenerationEngine, tokenizer, prompt_ids: lis
     shape and masking), so this reports the common prefix rather than asserting equality.
     """
     device = next(model.parameters()).device
-    expected = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=new_tokens,
+    expected = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=new_tokens, use_cache=True,
                               min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     expected_text = tokenizer.decode(expected[0, len(prompt_ids):])
     params = SamplingParams(max_new_tokens=new_tokens, do_sample=False)

@@ -8,8 +8,9 @@ Modes (`compile_mode`):
 - "freeze": inductor with freezing, which folds the weights into the graph as constants
   (on the CPU: oneDNN-prepacked matrices).
 - "default": plain inductor.
-- "auto": "reduce-overhead" on CUDA, "none" on the CPU (where compiling measured no faster
-  than eager PyTorch's matrix kernels for this memory-bound step; see the README).
+- "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
+  (what freezing gives), and every step, prefill included, uses them whatever its shape.
+- "auto": "reduce-overhead" on CUDA, "none" on the CPU (see the README's measurements).
 
 Compiling is paid at load: `warm_up` runs every batch-slot bucket once. If compiling or a
 compiled step fails, the step falls back to eager for good and says why in `fallback_reason`.
@@ -23,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "none", "default", "freeze", "reduce-overhead")
+MODES = ("auto", "none", "prepack", "default", "freeze", "reduce-overhead")
 
 
 def resolve_mode(mode: str | None, device: torch.device) -> str:
@@ -44,7 +45,9 @@ class DecodeStep:
         self.mode = resolve_mode(compile_mode, decoder.wte.weight.device)
         self.fallback_reason: str | None = None
         self._compiled = None
-        if self.mode != "none":
+        if self.mode == "prepack":
+            self._prepack()
+        elif self.mode != "none":
             self._compiled = self._compile()
 
     @property
@@ -89,7 +92,15 @@ class DecodeStep:
             self._fall_back(error)
             return None
 
+    def _prepack(self) -> None:
+        try:
+            if self.decoder.wte.weight.device.type != "cpu":
+                raise ValueError("prepacking is for the CPU")
+            self.decoder.prepack()
+        except Exception as error:  # noqa: BLE001 - e.g. a torch built without oneDNN
+            self._fall_back(error)
+
     def _fall_back(self, error: Exception) -> None:
-        self.fallback_reason = f"torch.compile ({self.mode}) failed, decoding eagerly: {type(error).__name__}: {error}"
+        self.fallback_reason = f"compile_mode {self.mode!r} not possible, decoding eagerly: {type(error).__name__}: {error}"
         log.warning(self.fallback_reason)
         self._compiled = None

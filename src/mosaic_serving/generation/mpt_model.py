@@ -70,6 +70,14 @@ class MptDecoder(nn.Module):
                                              ).to(weight.dtype), persistent=False)
         self.cache = SlotKVCache(config.n_layers, slots, self.heads, self.max_len, self.head_dim, weight.dtype,
                                  weight.device)
+        self._packed: dict[nn.Linear, torch.Tensor] = {}  # oneDNN-prepacked weights (CPU), see prepack()
+
+    def prepack(self, rows_hint: int = 8) -> None:
+        """Reorder every matrix into oneDNN's blocked layout (CPU only), as inductor's freezing
+        does, so the steps use oneDNN's packed kernels without compiling. Costs a second copy of
+        the matrices (transformers' model keeps its own)."""
+        linears = [m for m in self.blocks.modules() if isinstance(m, nn.Linear)] + [self.lm_head]
+        self._packed = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows_hint) for m in linears}
 
     def columns_for(self, longest: int) -> int:
         """Cache columns a step reads for sequences up to `longest` tokens (a few shapes only)."""
@@ -119,7 +127,7 @@ class MptDecoder(nn.Module):
     def _qkv(self, block: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, width, _ = hidden.shape
         normed = F.layer_norm(hidden, block.norm_1.normalized_shape, block.norm_1.weight, block.norm_1.bias, self.eps)
-        qkv = block.attn.Wqkv(normed)
+        qkv = self._linear(block.attn.Wqkv, normed)
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         qkv = qkv.view(rows, width, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -129,10 +137,17 @@ class MptDecoder(nn.Module):
                       values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         rows, width, _ = hidden.shape
         attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
-        hidden = hidden + block.attn.out_proj(attended.transpose(1, 2).reshape(rows, width, -1))
+        hidden = hidden + self._linear(block.attn.out_proj, attended.transpose(1, 2).reshape(rows, width, -1))
         normed = F.layer_norm(hidden, block.norm_2.normalized_shape, block.norm_2.weight, block.norm_2.bias, self.eps)
-        return hidden + block.ffn.down_proj(F.gelu(block.ffn.up_proj(normed)))
+        return hidden + self._linear(block.ffn.down_proj, F.gelu(self._linear(block.ffn.up_proj, normed)))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         normed = F.layer_norm(hidden, self.norm_f.normalized_shape, self.norm_f.weight, self.norm_f.bias, self.eps)
-        return self.lm_head(normed)
+        return self._linear(self.lm_head, normed)
+
+    def _linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed.get(module)
+        if packed is None:
+            return F.linear(x, module.weight, module.bias)
+        flat = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, module.bias, "none", [], "")
+        return flat.view(*x.shape[:-1], -1)

@@ -117,6 +117,16 @@ class BatchSampler:
 
     def _sample(self, rows: list[RowSampler], scores: torch.Tensor) -> torch.Tensor:
         """Temperature, top-k, top-p, then one draw per row from its own generator."""
+        ordered, order = self.filtered(rows, scores)
+        probs = ordered.softmax(dim=-1)
+        noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=row.generator) for row in rows])
+        noise = noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # 0 / 0 would be NaN, which argmax picks
+        choice = (probs / noise).argmax(dim=-1, keepdim=True)
+        return order.gather(-1, choice).squeeze(-1)
+
+    def filtered(self, rows: list[RowSampler], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores after temperature, top-k and top-p, sorted descending (-inf: removed), and
+        the vocabulary index of each sorted entry."""
         device = scores.device
         temperature = torch.tensor([row.params.temperature for row in rows], device=device).view(-1, 1)
         # Shifting by the row maximum first keeps a tiny temperature from overflowing to inf
@@ -131,9 +141,4 @@ class BatchSampler:
         # i.e. those with at least top_p of mass ranked before them (the first always stays).
         top_p = torch.tensor([row.params.top_p for row in rows], device=device).view(-1, 1)
         mass_before = probs.cumsum(dim=-1) - probs
-        ordered = ordered.masked_fill((mass_before >= top_p) & (top_p < 1.0) & (rank > 0), float("-inf"))
-        probs = ordered.softmax(dim=-1)
-        noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=row.generator) for row in rows])
-        noise = noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # 0 / 0 would be NaN, which argmax picks
-        choice = (probs / noise).argmax(dim=-1, keepdim=True)
-        return order.gather(-1, choice).squeeze(-1)
+        return ordered.masked_fill((mass_before >= top_p) & (top_p < 1.0) & (rank > 0), float("-inf")), order

@@ -77,10 +77,13 @@ class MPTModelHandler:
         max_input_tokens: int | None = None,
         max_new_tokens_limit: int = 2048,
         max_queue_size: int | None = None,
+        compile_mode: str = "auto",
+        prefill_token_budget: int = 2048,
     ):
         """`max_input_tokens` (None or 0: the model's context) and `max_new_tokens_limit` bound
         one request; `max_queue_size` bounds requests waiting for a batch slot (None: no bound),
-        beyond which `engine.submit` raises OverloadedError."""
+        beyond which `engine.submit` raises OverloadedError. `compile_mode` and
+        `prefill_token_budget` tune the engine (see GenerationEngine)."""
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -89,7 +92,8 @@ class MPTModelHandler:
         self.context_length = _context_length(self.model.config)
         self.max_input_tokens = min(max_input_tokens or self.context_length, self.context_length)
         self.max_new_tokens_limit = max_new_tokens_limit
-        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size, max_queue_size or None)
+        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size, max_queue_size or None,
+                                       compile_mode=compile_mode, prefill_token_budget=prefill_token_budget)
 
     # ---- MosaicML interface ------------------------------------------------------------
 

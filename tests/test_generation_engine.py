@@ -1,0 +1,173 @@
+"""The generation engine's parts on the tiny MPT: the serving forward against transformers,
+the batched sampler against transformers' processors, the scheduler, the compiled decode step
+and the transformers runner other architectures use."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from mosaic_serving.generation import GenerationEngine, SamplingParams
+from mosaic_serving.generation import decode_step as decode_step_module
+from mosaic_serving.generation.request import Request
+from mosaic_serving.generation.runner import MptRunner, TransformersRunner
+from mosaic_serving.generation.sampling import BatchSampler, RowSampler
+from mosaic_serving.generation.scheduler import Scheduler
+from mosaic_serving.generation.text import IncrementalText
+
+PROMPTS = ["Hello café 東京", "The quick brown fox jumps over the lazy dog", "def fibonacci(n):"]
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_mpt_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mpt_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_mpt_path, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def reference(model, tokenizer, prompt: str, new_tokens: int) -> str:
+    """transformers' greedy `generate` with its KV cache, exactly `new_tokens` tokens."""
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, use_cache=True, do_sample=False, max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+    return tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def run_staggered(engine: GenerationEngine, tokenizer, requests: list[tuple[str, SamplingParams]]) -> list[str]:
+    """Submit each request once the previous one has streamed its first event (so each joins
+    a running batch); return every request's whole text."""
+    texts, finals = [[] for _ in requests], queue.Queue()
+    for row, (prompt, params) in enumerate(requests):
+        first = queue.Queue()
+
+        def on_event(event, row=row, first=first):
+            texts[row].append(event.text)
+            first.put(True)
+            if event.finish_reason is not None:
+                finals.put((row, event))
+        engine.submit(tokenizer(prompt)["input_ids"], params, on_event)
+        first.get(timeout=TIMEOUT)
+    for _ in requests:
+        row, event = finals.get(timeout=TIMEOUT)
+        assert event.error is None, event.error
+    return ["".join(pieces) for pieces in texts]
+
+
+def exact(new_tokens: int, **extra) -> SamplingParams:
+    return SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, **extra)
+
+
+@pytest.mark.parametrize("compile_mode", ["none", "prepack", "freeze"])
+def test_greedy_requests_joining_mid_stream_equal_generate(tiny, compile_mode):
+    """Different prompt lengths and lengths of output, each joining while others decode;
+    "prepack" runs oneDNN's packed kernels, "freeze" the compiled decode step (inductor)."""
+    model, tokenizer = tiny
+    engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode=compile_mode)
+    try:
+        step = engine.runner.step
+        assert step.fallback_reason is None and step.compiled == (compile_mode == "freeze")
+        lengths = [40, 25, 33]
+        texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
+        assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        assert engine.decoded.rows > engine.decoded.steps  # rows shared steps
+    finally:
+        engine.close()
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(tiny):
+    model, tokenizer = tiny
+    engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode="none")
+    try:
+        mosaicml_default = exact(30, seed=21)  # do_sample, temperature 0.8, top_p 0.95
+        penalised = exact(30, seed=22, temperature=1.2, top_k=40, repetition_penalty=1.3)
+        alone = [run_staggered(engine, tokenizer, [(PROMPTS[0], p)])[0] for p in (mosaicml_default, penalised)]
+        batched = run_staggered(engine, tokenizer, [(PROMPTS[1], exact(20, do_sample=False)),
+                                                    (PROMPTS[0], mosaicml_default), (PROMPTS[0], penalised)])
+        assert batched[1:] == alone
+        assert alone[0] != run_staggered(engine, tokenizer, [(PROMPTS[0], exact(30, seed=23))])[0]
+    finally:
+        engine.close()
+
+
+def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():
+    torch.manual_seed(0)
+    scores = torch.randn(4, 300) * 3
+    settings = [(0.8, 0, 0.95), (1.0, 20, 1.0), (0.5, 50, 0.7), (1.3, 5, 0.9)]
+    rows = [RowSampler(SamplingParams(max_new_tokens=1, temperature=t, top_k=k, top_p=p, seed=1), [1], torch.device("cpu"))
+            for t, k, p in settings]
+    ordered, order = BatchSampler(torch.device("cpu")).filtered(rows, scores)
+    for row, (temperature, top_k, top_p) in enumerate(settings):
+        expected = TemperatureLogitsWarper(temperature)(None, scores[row:row + 1].clone())
+        if top_k:
+            expected = TopKLogitsWarper(top_k)(None, expected)
+        if top_p < 1.0:
+            expected = TopPLogitsWarper(top_p)(None, expected)
+        kept = set(order[row][torch.isfinite(ordered[row])].tolist())
+        assert kept == set(torch.nonzero(torch.isfinite(expected[0])).view(-1).tolist())
+        assert 0 < len(kept) < 300
+
+
+def test_min_new_tokens_holds_end_of_text_in_the_batched_sampler():
+    rows = [RowSampler(SamplingParams(max_new_tokens=5, do_sample=False, min_new_tokens=2, eos_token_ids=(3,)),
+                       [1], torch.device("cpu")) for _ in range(2)]
+    logits = torch.zeros(2, 10)
+    logits[:, 3] = 5.0
+    tokens = BatchSampler(torch.device("cpu")).choose(rows, [1, 2], logits)
+    assert tokens[0] != 3 and tokens[1] == 3
+
+
+def _request(request_id: str, prompt_length: int, tokenizer) -> Request:
+    params = SamplingParams(max_new_tokens=1, do_sample=False)
+    return Request(request_id, [1] * prompt_length, params, lambda event: None,
+                   RowSampler(params, [1], torch.device("cpu")), IncrementalText(tokenizer))
+
+
+def test_scheduler_admits_by_free_slots_and_prefill_budget(tiny):
+    scheduler = Scheduler(max_batch_size=4, max_queue_size=None, prefill_token_budget=25)
+    requests = [_request(f"r{i}", 10, tiny[1]) for i in range(4)] + [_request("long", 60, tiny[1])]
+    for request in requests:
+        scheduler.add(request)
+    admitted, dropped = scheduler.admit(free_slots=4, aborted=set())
+    assert [r.request_id for r in admitted] == ["r0", "r1"] and not dropped  # 30 tokens > 25
+    admitted, dropped = scheduler.admit(free_slots=1, aborted={"r3"})
+    assert [r.request_id for r in admitted] == ["r2"] and [r.request_id for r in dropped] == ["r3"]
+    admitted, _ = scheduler.admit(free_slots=4, aborted=set())
+    assert [r.request_id for r in admitted] == ["long"]  # over the budget alone: still admitted
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny, monkeypatch):
+    model, tokenizer = tiny
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(decode_step_module.torch, "compile", no_compiler)
+    engine = GenerationEngine(model, tokenizer, max_batch_size=2, compile_mode="freeze")
+    try:
+        step = engine.runner.step
+        assert not step.compiled and "no C++ compiler" in step.fallback_reason
+        [text] = run_staggered(engine, tokenizer, [(PROMPTS[2], exact(12, do_sample=False))])
+        assert text == reference(model, tokenizer, PROMPTS[2], 12)
+    finally:
+        engine.close()
+
+
+def test_mpt_checkpoints_run_on_the_serving_forward_and_others_on_transformers(tiny):
+    model, tokenizer = tiny
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2,
+                                      n_head=2)).eval()
+    engines = [GenerationEngine(m, tokenizer, max_batch_size=3, compile_mode="none") for m in (model, gpt2)]
+    try:
+        assert isinstance(engines[0].runner, MptRunner) and isinstance(engines[1].runner, TransformersRunner)
+        # learned positions and left padding: joining rows of different lengths stays exact
+        lengths = [20, 12, 16]
+        texts = run_staggered(engines[1], tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
+        assert texts == [reference(gpt2, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+    finally:
+        for engine in engines:
+            engine.close()
