@@ -40,7 +40,7 @@ class StartOutcome:
     ok: bool
     seconds: float
     detail: str  # "served all models", or what went wrong
-    aborts: int = 0  # start-up aborts of the Python backend that a fresh start got past
+    restarts: int = 0  # starts lost to a missed backend heartbeat and made again
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,12 @@ def cold_start(repository: Path, models: list[str], log_dir: Path, index: int,
         aborted = "lock_exception" in log_file.read_text(errors="replace") if log_file.exists() else False
         return StartOutcome(False, time.monotonic() - began,
                             f"{first_line}{' [boost lock_exception]' if aborted else ''} (log: {log_file})",
-                            server.start_aborts)
+                            server.heartbeat_restarts)
     finally:
         server.stop()
     seconds = time.monotonic() - began
     log_file.unlink(missing_ok=True)  # only failed starts keep their log
-    return StartOutcome(True, seconds, "served all models", server.start_aborts)
+    return StartOutcome(True, seconds, "served all models", server.heartbeat_restarts)
 
 
 # ---- the heavy neighbour ------------------------------------------------------------------
@@ -224,9 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _summary(name: str, outcomes: list[StartOutcome]) -> str:
     up = sum(outcome.ok for outcome in outcomes)
-    aborts = sum(outcome.aborts for outcome in outcomes)
+    restarts = sum(outcome.restarts for outcome in outcomes)
     lines = [f"{name}: {up} of {len(outcomes)} came up and served every model"
-             f" ({aborts} start-up aborts of the backend were started again)"]
+             f" ({restarts} starts lost to a missed heartbeat were made again)"]
     failures = Counter(outcome.detail.split(" (log:")[0] for outcome in outcomes if not outcome.ok)
     lines += [f"  {count} x {detail}" for detail, count in failures.most_common()]
     return "\n".join(lines)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes[name].append(outcome)
                 print(f"start {index + 1}/{args.starts} [{name}]: {'up' if outcome.ok else 'FAILED'} in "
                       f"{outcome.seconds:.1f} s - {outcome.detail}"
-                      f"{f' after {outcome.aborts} abort(s)' if outcome.aborts else ''}", flush=True)
+                      f"{f' after {outcome.restarts} restart(s)' if outcome.restarts else ''}", flush=True)
     finally:
         neighbour.stop()
     print(f"\nmodels: {', '.join(args.models)}; neighbour: {args.neighbour}; "

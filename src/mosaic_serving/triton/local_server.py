@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -39,7 +40,10 @@ from mosaic_serving.launcher.children import spawn_tied
 
 STUB_NAME = "triton_python_backend_stub"
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"  # the Python backend's default
+# How a start-up fails when a backend process misses the Python backend's heartbeat: the
+# server aborts, or (when it survives the teardown) the model fails to load.
 BACKEND_ABORT = "boost::interprocess::lock_exception"
+MISSED_HEARTBEAT = re.compile(r"Stub process '[^']+' is not healthy")
 ADMIN_HEADER = "mosaic-admin-key"
 log = logging.getLogger(__name__)
 CPU_FLAGS = (
@@ -258,7 +262,7 @@ class LocalTritonServer:
         self.watchdog: StubWatchdog | None = None
         self.model_load_threads = model_load_threads
         self.start_attempts = start_attempts
-        self.start_aborts = 0  # start-up aborts of the Python backend survived by starting again
+        self.heartbeat_restarts = 0  # starts lost to a missed backend heartbeat, then made again
 
     @property
     def host(self) -> str:
@@ -335,9 +339,10 @@ class LocalTritonServer:
         Triton 2.51's Python backend gives each backend process a 1 s heartbeat while its model
         initialises; a process that misses it (a node short of CPU or memory stalls it) is
         killed, and tearing down its shared-memory channel then throws an uncaught
-        `boost::interprocess::lock_exception` that aborts the whole server. Models load one at a
-        time (`model_load_threads`) to keep the start-up's own contention low, and a server
-        that aborted this way is started again, up to `start_attempts` times in all.
+        `boost::interprocess::lock_exception` that aborts the whole server (or, less often, the
+        model fails to load: "Stub process ... is not healthy"). Models load one at a time
+        (`model_load_threads`) to keep the start-up's own contention low, and a server that
+        ended either way is started again, up to `start_attempts` times in all.
         """
         if self.process is not None:
             raise RuntimeError("server already started")
@@ -357,13 +362,13 @@ class LocalTritonServer:
                 self._wait_ready()
                 break
             except BaseException:
-                aborted = self._aborted_in_backend()
+                missed = self._missed_heartbeat()
                 self.stop()
-                if not aborted or attempt == self.start_attempts:
+                if not missed or attempt == self.start_attempts:
                     raise
-                self.start_aborts += 1
-                log.warning("tritonserver aborted while loading models (boost::interprocess::lock_exception: a "
-                            "backend process stalled past Triton's 1 s heartbeat); starting it again, attempt %d of %d",
+                self.heartbeat_restarts += 1
+                log.warning("tritonserver failed to load its models because a backend process stalled past the "
+                            "Python backend's 1 s heartbeat; starting it again, attempt %d of %d",
                             attempt + 1, self.start_attempts)
         self.startup_seconds = time.monotonic() - began
         if self.restart_crashed_models and Path("/proc").is_dir():
@@ -383,11 +388,13 @@ class LocalTritonServer:
                 start_new_session=True,  # its own group: stopping it stops its stubs too
             )
 
-    def _aborted_in_backend(self) -> bool:
-        """Whether the server died of the Python backend's start-up abort (see `start`)."""
-        if self.process is None or self.process.poll() != -signal.SIGABRT:
+    def _missed_heartbeat(self) -> bool:
+        """Whether the server ended because a backend process missed its heartbeat (see `start`)."""
+        if self.process is None or self.process.poll() is None:
             return False
-        return BACKEND_ABORT in self.log_tail(lines=200)
+        tail = self.log_tail(lines=200)
+        aborted = self.process.returncode == -signal.SIGABRT and BACKEND_ABORT in tail
+        return aborted or MISSED_HEARTBEAT.search(tail) is not None
 
     def _check_ports_free(self) -> None:
         for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
