@@ -60,6 +60,9 @@ def post(url: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[
 
 def test_models_lists_the_served_models(oai):
     assert {"mpt", "instructor", "diffusion", "custom_example"} <= {model.id for model in oai.models.list()}
+    assert oai.models.retrieve("instructor").id == "instructor"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("nope")
 
 
 def test_health_reflects_triton_readiness(frontend):

@@ -2,7 +2,7 @@
 
 Routes:
 - GET  /health (= /health/ready): 200 when Triton is ready, else 503; /health/live: 200
-- GET  /v1/models
+- GET  /v1/models, /v1/models/<model>
 - POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/images/generations
 - POST /<model>/predict, /<model>/predict_stream (MosaicML)
 
@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mosaic_serving.frontend import completions, embeddings, images, mosaicml
 from mosaic_serving.frontend.body import Body, parse_json_object
-from mosaic_serving.frontend.catalog import Kind
+from mosaic_serving.frontend.catalog import Kind, ServedModel
 from mosaic_serving.frontend.errors import APIError, from_client_error
 from mosaic_serving.frontend.state import Settings, State
 from mosaic_serving.frontend.streaming import ClientGone, EventStream, until_disconnect
@@ -99,15 +99,26 @@ async def _predict_stream(state: State, body: Body, request: Request) -> Any:
     return await mosaicml.predict_stream(state, request.path_params["model"], body)
 
 
+def _model_object(model: ServedModel) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": 0, "owned_by": "mosaic-serving", "kind": model.kind.value}
+
+
 async def models(request: Request) -> Response:
     state: State = request.app.state.frontend
     try:
         served = await state.catalog.refresh()
     except APIError as error:
         return error_response(error)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "mosaic-serving", "kind": model.kind.value}
-            for name, model in sorted(served.items()) if model.ready]
+    data = [_model_object(model) for _, model in sorted(served.items()) if model.ready]
     return json_response({"object": "list", "data": data})
+
+
+async def model(request: Request) -> Response:
+    state: State = request.app.state.frontend
+    try:
+        return json_response(_model_object(await state.catalog.get(request.path_params["model"])))
+    except APIError as error:
+        return error_response(error)
 
 
 async def ready(request: Request) -> Response:
@@ -173,6 +184,7 @@ def create_app(settings: Settings) -> ASGIApp:
         Route("/health/ready", ready, methods=["GET"]),
         Route("/health/live", live, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model}", model, methods=["GET"]),
         Route("/v1/completions", post(_completions), methods=["POST"]),
         Route("/v1/chat/completions", post(_chat), methods=["POST"]),
         Route("/v1/embeddings", post(_embeddings), methods=["POST"]),
