@@ -1,8 +1,10 @@
-"""The frontend's parts that need no server: chat formats, body reading, model kinds, error mapping."""
+"""The frontend's parts that need no server: chat formats, body reading, model kinds, error
+mapping, the child process."""
 
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -11,7 +13,9 @@ from mosaic_client.errors import from_status
 from mosaic_serving.frontend.body import ANY_VALUE, Body, parse_json_object
 from mosaic_serving.frontend.catalog import Kind, kind_of
 from mosaic_serving.frontend.chat import CHATML_SYSTEM, INSTRUCT_PREAMBLE, chat_format, chatml, instruct
+from mosaic_serving.frontend import FrontendPortInUseError, FrontendProcess
 from mosaic_serving.frontend.errors import APIError
+from mosaic_serving.triton.local_server import free_port
 
 MESSAGES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Name a colour"}]
@@ -92,3 +96,15 @@ def test_a_stream_error_saying_retry_later_is_unavailable():
                       ServerUnavailableError)
     assert isinstance(from_status(None, "'top_p' must be in (0, 1]"), BadRequestError)
     assert APIError(503, "busy").headers() == {"Retry-After": "1"} and APIError(400, "bad").headers() == {}
+
+
+def test_frontend_process_refuses_a_taken_port_and_stops(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        with pytest.raises(FrontendPortInUseError, match=str(taken)):
+            FrontendProcess("127.0.0.1:1", taken, log_file=tmp_path / "f.log").start()
+    with FrontendProcess("127.0.0.1:1", free_port(), log_file=tmp_path / "f.log") as running:
+        assert running.process.poll() is None
+    assert running.process.returncode is not None

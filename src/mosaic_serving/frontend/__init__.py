@@ -6,7 +6,7 @@ Python with FrontendProcess; `create_app` gives the ASGI application itself.
 """
 
 from mosaic_serving.frontend.app import create_app
-from mosaic_serving.frontend.process import FrontendProcess, FrontendStartError
+from mosaic_serving.frontend.process import FrontendPortInUseError, FrontendProcess, FrontendStartError
 from mosaic_serving.frontend.state import Settings
 
-__all__ = ["FrontendProcess", "FrontendStartError", "Settings", "create_app"]
+__all__ = ["FrontendPortInUseError", "FrontendProcess", "FrontendStartError", "Settings", "create_app"]

@@ -1,8 +1,9 @@
 """FrontendProcess: the frontend as a child process, started and stopped from Python.
 
-Used by `./scripts/serve` (next to tritonserver) and by the tests. `start()` returns once
-the frontend answers `/health/live`, or raises with its log tail if it exits first (a port
-already taken, a bad option).
+Used by `./scripts/serve` (next to tritonserver) and by the tests. `start()` refuses a taken
+port at once, then returns once the frontend answers `/health/live`, or raises with its log
+tail if it exits first (a bad option). The child dies with the process that started it,
+however that ends (the kernel's parent-death signal), so it never keeps its port orphaned.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from pathlib import Path
 from types import TracebackType
 
 from mosaic_serving.frontend.state import API_KEY_VARIABLE
+from mosaic_serving.launcher.children import spawn_tied
+from mosaic_serving.launcher.procfs import port_in_use
 
 
 class FrontendStartError(RuntimeError):
     """The frontend exited or did not answer in time; the message holds its log tail."""
+
+
+class FrontendPortInUseError(FrontendStartError):
+    """The frontend's port is taken by another process."""
 
 
 class FrontendProcess:
@@ -55,13 +62,16 @@ class FrontendProcess:
                 "--address", self.address, "--port", str(self.port), *self.args]
 
     def start(self) -> "FrontendProcess":
+        if port_in_use(self.port, self.address):
+            raise FrontendPortInUseError(f"port {self.port} on {self.address} is in use: the frontend cannot listen "
+                                         "there (choose another port)")
         env = dict(os.environ)
         env.pop(API_KEY_VARIABLE, None)
         if self.api_key:
             env[API_KEY_VARIABLE] = self.api_key
         with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = spawn_tied(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while not self._live():
             if self.process.poll() is not None:
