@@ -7,7 +7,7 @@ matrix products, streaming through several GB of memory and churning files in /d
 `stall` freezes one of our own backend processes for 1-2.5 s every 3-15 s, the starvation that makes
 Triton 2.51's Python backend abort at start-up (see `LocalTritonServer.start`), made on
 purpose. `--settings current single-try` interleaves the shipped launcher with the earlier
-one (a single try, models loading in parallel) so both are measured under the same load.
+one (a single try) so both are measured under the same load.
 Each start is reported with its outcome; the log of a failed start is kept.
 
     ./scripts/coldstarts -n 50 --neighbour stall --settings single-try current
@@ -49,13 +49,11 @@ class LaunchSettings:
 
     name: str
     start_attempts: int
-    model_load_threads: int
 
 
 SETTINGS = {
-    "current": LaunchSettings("current", start_attempts=3, model_load_threads=1),
-    # What the launcher did before: one try, models loading in parallel (Triton's default 4).
-    "single-try": LaunchSettings("single-try", start_attempts=1, model_load_threads=4),
+    "current": LaunchSettings("current", start_attempts=3),
+    "single-try": LaunchSettings("single-try", start_attempts=1),  # what the launcher did before
 }
 
 
@@ -85,7 +83,7 @@ def cold_start(repository: Path, models: list[str], log_dir: Path, index: int,
     began = time.monotonic()
     server = LocalTritonServer(repository, models=models, env=tiny_model_env({}), log_file=log_file,
                                startup_timeout=startup_timeout, restart_crashed_models=False,
-                               start_attempts=settings.start_attempts, model_load_threads=settings.model_load_threads)
+                               start_attempts=settings.start_attempts)
     try:
         server.start()
         serve_one_request_each(server, models)

@@ -240,7 +240,6 @@ class LocalTritonServer:
         restart_crashed_models: bool = True,
         lock_model_control: bool = False,
         address: str = "127.0.0.1",
-        model_load_threads: int = 1,
         start_attempts: int = 3,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
@@ -260,7 +259,6 @@ class LocalTritonServer:
         self.restart_crashed_models = restart_crashed_models
         self.address = address  # the interface all three ports listen on; 0.0.0.0 for every one
         self.watchdog: StubWatchdog | None = None
-        self.model_load_threads = model_load_threads
         self.start_attempts = start_attempts
         self.heartbeat_restarts = 0  # starts lost to a missed backend heartbeat, then made again
 
@@ -294,7 +292,6 @@ class LocalTritonServer:
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--model-control-mode=explicit",
-            f"--model-load-thread-count={self.model_load_threads}",
             f"--exit-timeout-secs={self.exit_timeout}",
             *self._lock_args(),
             *[f"--load-model={name}" for name in self.models],
@@ -340,9 +337,8 @@ class LocalTritonServer:
         initialises; a process that misses it (a node short of CPU or memory stalls it) is
         killed, and tearing down its shared-memory channel then throws an uncaught
         `boost::interprocess::lock_exception` that aborts the whole server (or, less often, the
-        model fails to load: "Stub process ... is not healthy"). Models load one at a time
-        (`model_load_threads`) to keep the start-up's own contention low, and a server that
-        ended either way is started again, up to `start_attempts` times in all.
+        model fails to load: "Stub process ... is not healthy"). A server that ended either way
+        is started again, up to `start_attempts` times in all.
         """
         if self.process is not None:
             raise RuntimeError("server already started")
