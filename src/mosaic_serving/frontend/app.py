@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 from typing import Any, Awaitable, Callable
 
 from mosaic_client import ClientError
@@ -33,6 +34,7 @@ from mosaic_serving.frontend.state import Settings, State
 from mosaic_serving.frontend.streaming import ClientGone, EventStream, until_disconnect
 
 OPEN_PATHS = ("/health", "/health/live", "/health/ready")  # probes need no key
+log = logging.getLogger(__name__)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -61,6 +63,9 @@ def post(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return error_response(from_client_error(error))
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the work was cancelled
+        except Exception:  # noqa: BLE001 - a fault of the frontend: logged, answered in OpenAI's shape
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(APIError(500, "The frontend failed to answer; its log says why"))
         return result if isinstance(result, EventStream) else json_response(result)
 
     return endpoint
