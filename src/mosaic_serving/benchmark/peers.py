@@ -1,7 +1,8 @@
 """The generation engine against its peers on one MPT: `./scripts/bench --peers`.
 
     ./scripts/bench --peers [--size small|tiny] [--rounds 5] [--new-tokens 64] [--no-vllm]
-        [--engine-src OTHER/src] [--output bench-results]
+        [--engine-src OTHER/src] [--baseline-src OTHER/src] [--engine-modes none prepack]
+        [--output bench-results]
 
 Engines, each in a process of its own, loaded once, on the same model files and prompts:
 - `engine`: this project's GenerationEngine (from `--engine-src` if given, e.g. an older
@@ -19,7 +20,8 @@ prompt) and batch 8, `--new-tokens` greedy tokens each; time to first token (a o
 request at batch 1); and for the engine, MosaicML's default sampling (temperature 0.8,
 top_p 0.95) against greedy at batch 8 and 32. Every request makes exactly that many
 tokens (end-of-text ignored). Greedy outputs are checked equal to the engine's. The floor
-is the time to read the fp32 weights once per step at the memory bandwidth measured here.
+is the time to read the fp32 weights once per step at the memory bandwidth measured here
+(reading a 1 GiB tensor; the best of a measurement before each round).
 Writes `<output>/peers-<size>.md` and `.json`.
 """
 
@@ -84,7 +86,8 @@ class Worker:
     def __init__(self, name: str, python: Path, model_path: Path, env: dict[str, str] | None = None):
         self.name = name
         self.process = subprocess.Popen(
-            [str(python), str(WORKER), name.split(":")[0], str(model_path)], stdin=subprocess.PIPE,
+            [str(python), str(WORKER), name.split(":")[0].removesuffix("-before"), str(model_path)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         ready = self._reply()
         self.load_seconds = ready["load_seconds"]
@@ -116,6 +119,12 @@ def start_workers(args, model_path: Path, head_dim: int) -> tuple[dict[str, Work
     if args.compile_mode:
         engine_env["PEERS_COMPILE_MODE"] = args.compile_mode
     workers["engine"] = Worker("engine", Path(sys.executable), model_path, engine_env)
+    for mode in args.engine_modes:  # the same engine with other compile modes, side by side
+        workers[f"engine:{mode}"] = Worker(f"engine:{mode}", Path(sys.executable), model_path,
+                                           {**engine_env, "PEERS_COMPILE_MODE": mode})
+    if args.baseline_src:
+        workers["engine-before"] = Worker("engine-before", Path(sys.executable), model_path,
+                                          {"PYTHONPATH": str(Path(args.baseline_src).resolve())})
     workers["generate"] = Worker("generate", Path(sys.executable), model_path)
     for name in ("ctranslate2", "vllm"):
         if getattr(args, f"no_{name}"):
@@ -170,10 +179,15 @@ def points(engines: list[str], prompts: list[list[int]], new_tokens: int) -> lis
     return chosen
 
 
-def measure(workers: dict[str, Worker], chosen: list[dict], rounds: int) -> dict:
-    """Every point once to warm up, then `rounds` interleaved rounds: seconds and outputs."""
+def measure(workers: dict[str, Worker], chosen: list[dict], rounds: int, bandwidths: list[float]) -> dict:
+    """Every point once to warm up, then `rounds` interleaved rounds: seconds and outputs.
+
+    The memory bandwidth is measured again before each round (into `bandwidths`): on a
+    shared machine the best of them is the nearest to what the hardware can do.
+    """
     results = {(p["point"], p["engine"]): {"seconds": [], "outputs": None, **p} for p in chosen}
     for round_ in range(rounds + 1):
+        bandwidths.append(memory_bandwidth(repeats=3))
         for p in chosen:
             reply = workers[p["engine"]].run(p["prompts"], p["new_tokens"], p.get("sample", False))
             result = results[(p["point"], p["engine"])]
@@ -229,7 +243,8 @@ def report(results: dict, workers: dict[str, Worker], skipped: dict[str, str], f
 def markdown(data: dict) -> str:
     lines = [
         f"# Generation engine vs peers: {data['size']} MPT ({data['weights_mb']:.0f} MB fp32)", "",
-        f"{data['when']}; {data['machine']}; load average at start {data['load_average']}; "
+        f"{data['when']}; {data['machine']}; load average {data['load_average']} at start, "
+        f"{data['load_average_end']} at the end; "
         f"{data['rounds']} interleaved rounds, medians; prompts of {PROMPT_TOKENS} tokens, "
         f"{data['new_tokens']} new tokens each; engine source: {data['engine_src']}.", "",
         "| engine | ms per token, batch 1 | tokens/s, batch 1 | tokens/s, batch 8 | first token ms | "
@@ -262,6 +277,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-ctranslate2", action="store_true")
     parser.add_argument("--engine-src", help="run the engine from this src/ folder (e.g. an older checkout)")
     parser.add_argument("--compile-mode", help="the engine's compile_mode (default: its own default)")
+    parser.add_argument("--engine-modes", nargs="*", default=[],
+                        help="also time the engine with these compile modes (as engine:MODE)")
+    parser.add_argument("--baseline-src", help="also time the engine of this src/ folder (as engine-before)")
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
 
@@ -269,18 +287,20 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     config = json.loads((model_path / "config.json").read_text())
     weights_bytes = (model_path / "model.safetensors").stat().st_size
-    bandwidth = memory_bandwidth()
+    bandwidths = [memory_bandwidth()]
     load_average = os.getloadavg()[0]
     workers, skipped = start_workers(args, model_path, config["d_model"] // config["n_heads"])
     try:
-        results = measure(workers, points(list(workers), prompts_for(tokenizer), args.new_tokens), args.rounds)
+        results = measure(workers, points(list(workers), prompts_for(tokenizer), args.new_tokens), args.rounds,
+                          bandwidths)
     finally:
         for worker in workers.values():
             worker.close()
+    bandwidth = max(bandwidths)
     meta = {"size": args.size, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                        f"torch {torch.__version__}",
-            "load_average": round(load_average, 2), "rounds": args.rounds, "new_tokens": args.new_tokens,
+            "load_average": round(load_average, 2), "load_average_end": round(os.getloadavg()[0], 2), "rounds": args.rounds, "new_tokens": args.new_tokens,
             "engine_src": args.engine_src or "this checkout", "weights_mb": weights_bytes / 1e6,
             "bandwidth_gb_s": bandwidth / 1e9, "tokenizer": tokenizer}
     data = report(results, workers, skipped, weights_bytes / bandwidth * 1e3, meta)

@@ -6,7 +6,9 @@ Modes (`compile_mode`):
   ... slots) and column bucket, so a GPU step is a graph replay instead of hundreds of kernel
   launches. The default on CUDA.
 - "freeze": inductor with freezing, which folds the weights into the graph as constants
-  (on the CPU: oneDNN-prepacked matrices).
+  (on the CPU: oneDNN-prepacked matrices). Every compiled shape holds its own copy of the
+  weights: on the 85M-parameter MPT with 32 slots the (slot x column) buckets grew one
+  process to 8.7 GB until the kernel killed it, so this is not a default anywhere.
 - "default": plain inductor.
 - "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
   (what freezing gives), and every step, prefill included, uses them whatever its shape.
@@ -82,6 +84,10 @@ class DecodeStep:
             rows = self.rows_for(rows + 1)
 
     def _compile(self):
+        # one graph per (slot bucket, column bucket): more than dynamo's default of 8
+        for limit in ("cache_size_limit", "recompile_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
         try:
             if self.mode == "freeze":
                 return torch.compile(self.decoder.decode, options={"freezing": True})

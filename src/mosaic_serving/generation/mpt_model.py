@@ -48,7 +48,7 @@ def is_supported(model: nn.Module) -> bool:
 class MptDecoder(nn.Module):
     """Prefill and decode steps of an MPT over a slot KV cache."""
 
-    def __init__(self, model: nn.Module, slots: int, max_len: int | None = None, column_block: int = 64):
+    def __init__(self, model: nn.Module, slots: int, max_len: int | None = None, column_block: int | None = None):
         super().__init__()
         config = model.config
         self.wte = model.transformer.wte
@@ -61,8 +61,9 @@ class MptDecoder(nn.Module):
         self.clip_qkv = config.attn_config.clip_qkv
         self.scale = config.attn_config.softmax_scale or 1 / math.sqrt(self.head_dim)
         self.max_len = max_len or config.max_seq_len
-        self.column_block = column_block
         weight = self.wte.weight
+        # steps read a prefix of the cache in blocks: few shapes (compiled graphs), little waste
+        self.column_block = column_block or (256 if weight.device.type == "cuda" else 64)
         slopes = alibi_slopes(self.heads, config.attn_config.alibi_bias_max).to(weight.device)
         # bias of key column j before shifting by the query's position: slope * j
         self.register_buffer("slopes", slopes.to(weight.dtype).view(1, -1, 1, 1), persistent=False)

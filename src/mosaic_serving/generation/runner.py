@@ -58,7 +58,7 @@ class MptRunner:
         self._tokens[self._slots(requests)] = tokens.clamp(min=0)
 
     def decode(self, requests: list[Request]) -> torch.Tensor:
-        span = self.cache.span()
+        span = self.step.rows_for(self.cache.span())  # compiled: a bucket of slots (free ones idle)
         columns = self.decoder.columns_for(max(r.length for r in requests))
         logits = self.step(self._tokens[:span], self._positions[:span], columns)
         self._positions[:span] += self._live[:span]  # a free slot's throw-away row stays at 0
