@@ -53,9 +53,6 @@ def handler_model_config(handler: str, max_batch_size: int, batching: str) -> st
         backend: "python"
         max_batch_size: {max_batch_size}
         {batching}
-        input [{{ name: "request" data_type: TYPE_STRING dims: [ 1 ] }},
-               {{ name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }}]
-        output [{{ name: "response" data_type: TYPE_STRING dims: [ 1 ] }}]
         instance_group [{{ count: 1 kind: KIND_AUTO }}]
         parameters [{{ key: "handler" value: {{ string_value: "{handler}" }} }}]
         """

@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError, status_code
 from mosaic_serving.handlers.model_path import check_model_path
-from mosaic_serving.params import Field
+from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics
 from mosaic_serving.triton.tensors import read_rows, request_bytes
@@ -52,8 +52,14 @@ def error_response(error: Exception) -> pb_utils.InferenceResponse:
 class HandlerModel:
     """Builds the handler and reads request tensors; subclasses say which and how."""
 
-    inputs: ClassVar[list[Field]] = []
+    inputs: ClassVar[list[TensorField]] = []
+    outputs: ClassVar[list[TensorSpec]] = []
     passes_device: ClassVar[bool] = True  # our handlers all take `device`; custom.py decides per class
+
+    @classmethod
+    def auto_complete_config(cls, config):
+        """Triton asks before loading: the declared tensors go into the model configuration."""
+        return complete_config(config, cls.inputs, cls.outputs)
 
     def initialize(self, args: dict[str, str]) -> None:
         self.args = args

@@ -25,10 +25,11 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError, OverloadedError
-from mosaic_serving.params import REQUIRED, Field
+from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton import handler_calls
 from mosaic_serving.triton.adapter import FINAL, BatchedModel, error_response
 from mosaic_serving.triton.config import config_parameters
+from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
 from mosaic_serving.triton.tensors import string_tensor
 
 
@@ -62,7 +63,8 @@ def decode_request(text: str) -> dict[str, Any]:
 
 
 class TritonPythonModel(BatchedModel):
-    inputs = [Field("request", str, REQUIRED), Field("stream", bool, False)]
+    inputs = [TensorField("request", str, REQUIRED), TensorField("stream", bool, False)]
+    outputs = [TensorSpec("response", "TYPE_STRING", (1,))]
     passes_device = False  # `device` goes only to a constructor that takes it (create_handler)
 
     @staticmethod
@@ -71,7 +73,7 @@ class TritonPythonModel(BatchedModel):
         extend_python_path(parameters.get("python_path"))
         handler_class = load_handler_class(parameters["handler"])
         config.set_model_transaction_policy(dict(decoupled=hasattr(handler_class, "predict_stream")))
-        return config
+        return complete_config(config, TritonPythonModel.inputs, TritonPythonModel.outputs)
 
     def create_handler(self, kwargs: dict[str, Any]) -> Any:
         extend_python_path(kwargs.pop("python_path", None))

@@ -13,23 +13,25 @@ import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.handlers.diffusion import StableDiffusionHandler
-from mosaic_serving.params import REQUIRED, Field
+from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton.adapter import BatchedModel
+from mosaic_serving.triton.contract import TensorField, TensorSpec
 from mosaic_serving.triton.metrics import best_effort
 from mosaic_serving.triton.tensors import string_tensor
 
 
 class TritonPythonModel(BatchedModel):
     inputs = [
-        Field("prompt", str, REQUIRED),
-        Field("negative_prompt", str),
-        Field("height", int),
-        Field("width", int),
-        Field("num_inference_steps", int),
-        Field("num_images_per_prompt", int),
-        Field("guidance_scale", float),
-        Field("seed", int),
+        TensorField("prompt", str, REQUIRED),
+        TensorField("negative_prompt", str),
+        TensorField("height", int),
+        TensorField("width", int),
+        TensorField("num_inference_steps", int),
+        TensorField("num_images_per_prompt", int),
+        TensorField("guidance_scale", float),
+        TensorField("seed", int, data_type="TYPE_INT64"),
     ]
+    outputs = [TensorSpec("images", "TYPE_STRING")]
 
     def create_handler(self, kwargs: dict[str, Any]) -> StableDiffusionHandler:
         self.images_generated = self.metrics.counter("diffusion_images_total", "Images generated")

@@ -14,12 +14,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.handlers.instructor import HFInstructorHandler
-from mosaic_serving.params import REQUIRED, Field
+from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton.adapter import BatchedModel
+from mosaic_serving.triton.contract import TensorField, TensorSpec
 
 
 class TritonPythonModel(BatchedModel):
-    inputs = [Field("instruction", str, ""), Field("text", str, REQUIRED)]
+    inputs = [TensorField("instruction", str, ""), TensorField("text", str, REQUIRED)]
+    outputs = [TensorSpec("embedding", "TYPE_FP32")]
 
     def create_handler(self, kwargs: dict[str, Any]) -> HFInstructorHandler:
         return HFInstructorHandler(**kwargs)

@@ -1,6 +1,6 @@
 """The `mpt` Triton model: decoupled text generation over MPTModelHandler's engine.
 
-Tensor names follow Triton's LLM backends (DESIGN.md section 3), so `generate`,
+Tensor names follow Triton's LLM backends, so `generate`,
 `generate_stream`, perf_analyzer and genai-perf work unchanged. Each request is submitted to
 the handler's continuously batched engine; the engine's events become responses, one per
 decoded piece when streaming, one final response otherwise.
@@ -33,6 +33,7 @@ from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine
 from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
 from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
+from mosaic_serving.triton.contract import TensorField, TensorSpec, tensor
 from mosaic_serving.triton.metrics import ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import string_tensor
 
@@ -52,13 +53,28 @@ def _as_named(name: str) -> Field:
 # Every generate parameter, and every alias, also as a vLLM-style `sampling_parameters` key.
 _SAMPLING_FIELDS = [_as_named(name) for name in (*_GENERATE_FIELDS, *_ALIASES)]
 
+# Tensors whose Triton type or shape is not the one their Python type suggests.
+_TENSOR_TYPES = {"seed": ("TYPE_UINT64", (1,)), "stop": ("TYPE_STRING", (-1,))}
+
+
+def _as_tensor(name: str) -> TensorField:
+    data_type, dims = _TENSOR_TYPES.get(name, ("", (1,)))
+    return tensor(_as_named(name), data_type, dims)
+
+
 INPUTS = [
-    Field("text_input", str, REQUIRED, lambda text: text.strip() != "", "a non-empty string"),
-    Field("stream", bool, False),
-    Field("exclude_input_in_output", bool, False),
-    Field("parameters", str),  # JSON object of generate kwargs, MosaicML style
-    Field("sampling_parameters", str),  # JSON object in vLLM's names, values possibly strings
-    *(_as_named(name) for name in (*_PARAMETER_TENSORS, "max_tokens", "min_length")),
+    TensorField("text_input", str, REQUIRED, lambda text: text.strip() != "", "a non-empty string"),
+    TensorField("stream", bool, False),
+    TensorField("exclude_input_in_output", bool, False),
+    TensorField("parameters", str),  # JSON object of generate kwargs, MosaicML style
+    TensorField("sampling_parameters", str),  # JSON object in vLLM's names, values possibly strings
+    *(_as_tensor(name) for name in (*_PARAMETER_TENSORS, "max_tokens", "min_length")),
+]
+OUTPUTS = [
+    TensorSpec("text_output", "TYPE_STRING"),
+    TensorSpec("finish_reason", "TYPE_STRING", (1,)),
+    TensorSpec("num_input_tokens", "TYPE_UINT32", (1,)),
+    TensorSpec("num_output_tokens", "TYPE_UINT32", (1,)),
 ]
 
 
@@ -231,6 +247,7 @@ class _ResponseStream:
 
 class TritonPythonModel(HandlerModel):
     inputs = INPUTS
+    outputs = OUTPUTS
 
     def create_handler(self, kwargs: dict[str, Any]) -> MPTModelHandler:
         handler = MPTModelHandler(**kwargs)
