@@ -51,7 +51,7 @@ class Launcher:
 
 
 def _ports() -> dict[str, int]:
-    return {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    return {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "frontend": free_port()}
 
 
 def _shm_regions(processes: list[psutil.Process]) -> set[str]:

@@ -1,4 +1,5 @@
-"""`./scripts/serve`: serve the model repository on a real Triton server until Ctrl-C.
+"""`./scripts/serve`: serve the model repository on a real Triton server until Ctrl-C, with the
+HTTP frontend (OpenAI's API and MosaicML's predict API, port 9000) beside it.
 
 By default the configs point at tiny models built here in seconds (CPU demo, tests); with
 `--real` they keep their defaults (hub ids or whatever MPT_MODEL, INSTRUCTOR_MODEL and
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument("--frontend-port", type=int, default=9000, help="the HTTP frontend's port (OpenAI, MosaicML)")
+    parser.add_argument("--no-frontend", action="store_true", help="serve Triton's own endpoints only")
     parser.add_argument("--address", default="127.0.0.1",
                         help="interface the ports listen on (default: localhost only; 0.0.0.0 for all)")
     parser.add_argument(
@@ -77,15 +80,35 @@ def main(argv: list[str] | None = None) -> int:
     except ServerStartError as error:
         print(error, file=sys.stderr)
         return 1
+    frontend = None
+    if not args.no_frontend:  # imported here: serve.py works without the frontend's extra installed
+        from mosaic_serving.frontend.process import FrontendPortInUseError, FrontendProcess, FrontendStartError
+
+        model_env = {**os.environ, **({} if args.real else tiny_model_env())}
+        tokenizer = ["--tokenizer", model_env["MPT_MODEL"]] if model_env.get("MPT_MODEL") else []
+        frontend = FrontendProcess(server.grpc_url, args.frontend_port, args.address, args=tokenizer)
+        try:
+            frontend.start()
+        except FrontendStartError as error:
+            server.stop()
+            print(error, file=sys.stderr)
+            return EXIT_PORT_IN_USE if isinstance(error, FrontendPortInUseError) else 1
     print(f"Triton is serving {', '.join(args.models)} ({server.startup_seconds:.1f} s to ready; log: {server.log_file})")
     print(f"  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  http://{server.metrics_url}/metrics")
+    if frontend is not None:
+        print(f"  OpenAI   {frontend.url}/v1  MosaicML {frontend.url}/<model>/predict  (log: {frontend.log_file})")
     print("Ctrl-C stops it.", flush=True)
     try:
         while not stop.wait(0.5):
             if server.process.poll() is not None:
                 print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
                 return 1
+            if frontend is not None and frontend.process.poll() is not None:
+                print(f"the frontend exited:\n{frontend.log_tail()}", file=sys.stderr)
+                return 1
     finally:
+        if frontend is not None:
+            frontend.stop()
         server.stop()
     return 0
 
