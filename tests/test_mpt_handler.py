@@ -1,6 +1,7 @@
 """MPTModelHandler on a tiny random MPT: semantics of generate, stream, stop and batching."""
 
 import queue
+import time
 
 import pytest
 import torch
@@ -116,14 +117,28 @@ def test_each_request_in_a_batch_keeps_its_own_parameters(handler):
 
 
 def test_closing_a_stream_cancels_the_request(handler):
+    """Closing the stream aborts the request by id: it leaves the batch before its next step."""
+    prompt_ids = handler.tokenizer(PROMPTS[0])["input_ids"]
+    stream = handler.engine.stream(prompt_ids, SamplingParams(max_new_tokens=400, min_new_tokens=400,
+                                                              do_sample=False, eos_token_ids=(0,)))
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    deadline = time.monotonic() + 10
+    while handler.engine.load().running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handler.engine.load().running == 0  # long before its 400 tokens
+
+
+def test_a_polled_cancel_flag_cancels_the_request(handler):
     events, seen = queue.Queue(), []
     prompt_ids = handler.tokenizer(PROMPTS[0])["input_ids"]
-    params = SamplingParams(max_new_tokens=400, do_sample=False)
+    params = SamplingParams(max_new_tokens=400, min_new_tokens=400, do_sample=False, eos_token_ids=(0,))
     handler.engine.submit(prompt_ids, params, events.put, is_cancelled=lambda: len(seen) >= 3)
     while not seen or seen[-1].finish_reason is None:
         seen.append(events.get(timeout=10))
     assert seen[-1].finish_reason == "cancelled"
-    assert seen[-1].num_output_tokens < 20
+    assert seen[-1].num_output_tokens < 400
 
 
 def test_multibyte_characters_are_never_split_across_pieces(handler):
