@@ -80,9 +80,6 @@ class GenerationEngine:
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
-        self.runner = make_runner(model, max_batch_size, compile_mode)
-        if hasattr(self.runner, "step"):
-            self.runner.step.warm_up()  # compile now, not at the first request
         self.sampler = BatchSampler(self.device)
         self.scheduler = Scheduler(max_batch_size, max_queue_size, prefill_token_budget)
         self.cancel_watcher = CancelWatcher(self.abort, cancel_check_interval)
@@ -90,8 +87,29 @@ class GenerationEngine:
         self.decoded = DecodeCounts()  # written by the engine thread only
         self._running: list[Request] = []
         self._reported = EngineLoad(0, 0)
-        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(compile_mode,), name="generation-engine", daemon=True)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _run(self, compile_mode: str | None) -> None:
+        """The engine thread: build the runner and compile (at load, not at the first request),
+        then serve. The model runs on this thread only: once one thread has run CPU kernels,
+        torch's OpenMP pool slows the same kernels on any other thread by about 40% (measured
+        here), so warming up on the caller's thread would slow every decode step."""
+        try:
+            self.runner = make_runner(self.model, self.max_batch_size, compile_mode)
+            if hasattr(self.runner, "step"):
+                self.runner.step.warm_up()
+        except BaseException as error:  # noqa: BLE001 - re-raised on the constructing thread
+            self._start_error = error
+            return
+        finally:
+            self._started.set()
+        self._loop()
 
     # ---- public API -------------------------------------------------------------------
 
