@@ -38,7 +38,8 @@ from tritonclient.utils import InferenceServerException
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import ALL_MODELS, tiny_model_env
 from mosaic_serving.launcher.procfs import children
-from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
+from mosaic_serving.launcher.server import LocalTritonServer
+from mosaic_serving.launcher.watchdog import stub_model
 
 TIMEOUT = 120.0  # seconds without a final answer: the request is lost
 

@@ -7,7 +7,7 @@ import pytest
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import ALL_MODELS, tiny_model_env
 from mosaic_serving.tiny_models import tiny_model_path
-from mosaic_serving.triton.local_server import LocalTritonServer
+from mosaic_serving.launcher.server import LocalTritonServer
 
 
 @pytest.fixture(scope="session")

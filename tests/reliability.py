@@ -17,7 +17,8 @@ from typing import Callable
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import tiny_model_env
 from mosaic_serving.launcher.procfs import children
-from mosaic_serving.triton.local_server import LocalTritonServer, stub_model
+from mosaic_serving.launcher.server import LocalTritonServer
+from mosaic_serving.launcher.watchdog import stub_model
 
 REPOSITORY = default_model_repository()
 MODELS = ("mpt", "instructor", "diffusion", "custom_example")

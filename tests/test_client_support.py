@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mosaic_client import Client
-from mosaic_serving.triton.local_server import free_port
+from mosaic_serving.launcher.server import free_port
 
 PROTOCOLS = ("grpc", "http")
 PROMPT = "Hello world"

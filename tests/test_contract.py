@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 from mosaic_client.calls import IMAGE_FIELDS, embedding_call, generation_call, handler_call, image_call
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.serve import ALL_MODELS
-from mosaic_serving.triton.local_server import LocalTritonServer, ServerStartError
+from mosaic_serving.launcher.server import LocalTritonServer, ServerStartError
 
 REPOSITORY = default_model_repository()
 TRITON_TYPE = {"BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",

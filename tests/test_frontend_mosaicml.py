@@ -13,7 +13,7 @@ from PIL import Image
 from frontend_support import mcli_predict
 from mosaic_client import Client
 from mosaic_serving.frontend import FrontendProcess
-from mosaic_serving.triton.local_server import free_port
+from mosaic_serving.launcher.server import free_port
 
 SENTENCE = "to be or not to be"
 
@@ -70,12 +70,19 @@ def test_instructor_and_diffusion_predict(frontend, direct):
     [[png]] = images["result"]["outputs"]
     assert Image.open(io.BytesIO(base64.b64decode(png))).size == (64, 64)
 
+    # MosaicML's Stable Diffusion body: one request, no `inputs`; `outputs` is its images
+    bare = mcli_predict(url(frontend, "diffusion"), {"prompt": "a red square", "height": 64, "width": 32,
+                                                     "num_inference_steps": 2})
+    [png] = bare["result"]["outputs"]
+    assert Image.open(io.BytesIO(base64.b64decode(png))).size == (32, 64)
+
 
 @pytest.mark.parametrize("model, body, stream, words", [
     ("mpt", {"inputs": ["Hello"], "parameters": {"top_p": 7}}, False, "top_p"),
     ("mpt", {"inputs": ["a", "b"]}, True, "exactly one input"),
     ("instructor", {"inputs": [["Represent:", "x"]]}, True, "does not stream"),
     ("mpt", {"input": "Hello"}, False, "'inputs'"),
+    ("diffusion", {"height": 64}, False, "'prompt'"),
     ("nope", {"inputs": ["x"]}, False, "'nope'"),
 ])
 def test_errors_reach_mcli_with_their_status(frontend, model, body, stream, words):

@@ -20,7 +20,7 @@ from PIL import Image
 from mosaic_client import Client
 from mosaic_serving.frontend import FrontendProcess
 from mosaic_serving.frontend.chat import chatml
-from mosaic_serving.triton.local_server import free_port
+from mosaic_serving.launcher.server import free_port
 from reliability import limited_server, metric, wait_for
 
 PROMPT = "Once upon a time"

@@ -15,7 +15,7 @@ from mosaic_serving.frontend.catalog import Kind, kind_of
 from mosaic_serving.frontend.chat import CHATML_SYSTEM, INSTRUCT_PREAMBLE, chat_format, chatml, instruct
 from mosaic_serving.frontend import FrontendPortInUseError, FrontendProcess
 from mosaic_serving.frontend.errors import APIError
-from mosaic_serving.triton.local_server import free_port
+from mosaic_serving.launcher.server import free_port
 
 MESSAGES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Name a colour"}]

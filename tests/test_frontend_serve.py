@@ -12,7 +12,7 @@ import urllib.request
 import psutil
 
 from mosaic_serving.launcher import procfs
-from mosaic_serving.triton.local_server import free_port
+from mosaic_serving.launcher.server import free_port
 
 LAST_LINE = "Ctrl-C stops it."
 

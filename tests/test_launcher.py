@@ -16,7 +16,7 @@ import pytest
 from mosaic_serving.coldstarts import cold_start
 from mosaic_serving.launcher import procfs
 from mosaic_serving.serve import ALL_MODELS, EXIT_PORT_IN_USE, default_model_repository
-from mosaic_serving.triton.local_server import SHM_REGION_PREFIX, free_port
+from mosaic_serving.launcher.server import SHM_REGION_PREFIX, free_port
 
 READY_LINE = "Triton is serving"
 

@@ -14,7 +14,7 @@ pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from mosaic_serving.triton.local_server import LocalTritonServer, ServerStartError  # noqa: E402
+from mosaic_serving.launcher.server import LocalTritonServer, ServerStartError  # noqa: E402
 
 ECHO_MODEL = textwrap.dedent(
     """

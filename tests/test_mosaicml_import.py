@@ -25,7 +25,7 @@ from mosaic_serving import mosaicml_import
 from mosaic_serving.mosaicml_import import BUILTINS, accepted_parameters, main, parameter_text
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.triton.config import ADAPTER_PARAMETERS, EXECUTION_ENV_PARAMETER, config_parameters, parse_value
-from mosaic_serving.triton.local_server import LocalTritonServer
+from mosaic_serving.launcher.server import LocalTritonServer
 
 REPOSITORY = default_model_repository()
 # CPU equivalents of MosaicML's handlers, laid out like mosaicml/examples, beside MosaicML's YAMLs.

@@ -31,7 +31,7 @@ from mosaic_serving.mosaicml_import import main
 from mosaic_serving.mosaicml_import.python_env import site_packages
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER
-from mosaic_serving.triton.local_server import LocalTritonServer, free_port
+from mosaic_serving.launcher.server import LocalTritonServer, free_port
 
 REPOSITORY = default_model_repository()
 CPU_EXAMPLES = Path(__file__).resolve().parent / "mosaicml_examples"
@@ -218,8 +218,6 @@ def test_mcli_predict_on_the_imported_instructor_and_the_handler_in_its_own_envi
     assert (result["sorted"], result["packaging"]) == (["1.0", "x-y"], "21.3")
 
 
-@pytest.mark.xfail(strict=True, reason="the frontend's /predict requires 'inputs' and sends {'input': item} to a "
-                                       "handler; MosaicML's diffusion body is one request, {'prompt': ...}")
 def test_mcli_predict_with_mosaicmls_diffusion_body(frontend):
     answer = mcli_predict(deployment_url(frontend, "sd-o1ema"), {
         "prompt": "a cute bunny", "height": 64, "width": 64, "num_inference_steps": 2})

@@ -28,7 +28,7 @@ SERVE_SCRIPT = """
 import json, sys, urllib.request
 import mosaic_serving
 from mosaic_serving.repository import default_model_repository
-from mosaic_serving.triton.local_server import LocalTritonServer
+from mosaic_serving.launcher.server import LocalTritonServer
 
 repository = default_model_repository()
 with LocalTritonServer(repository, models=["custom_example"], log_file=sys.argv[1]) as server:

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from helpers import grpc_stream, http_generate, tensor
 from mosaic_serving.serve import tiny_model_env
-from mosaic_serving.triton.local_server import LocalTritonServer
+from mosaic_serving.launcher.server import LocalTritonServer
 from reliability import add_handler_model, copy_model, handler_model_config, stub_pids, wait_for
 
 ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mosaic_serving.launcher import procfs
 from mosaic_serving.serve import ALL_MODELS, default_model_repository, tiny_model_env
-from mosaic_serving.triton.local_server import LocalTritonServer, ServerStartError
+from mosaic_serving.launcher.server import LocalTritonServer, ServerStartError
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mosaic_serving.repository import default_model_repository
 from mosaic_serving.tiny_models import tiny_model_path
-from mosaic_serving.triton.local_server import LocalTritonServer, PortInUseError, ServerStartError
+from mosaic_serving.launcher.server import LocalTritonServer, PortInUseError, ServerStartError
 
 ALL_MODELS = ("mpt", "instructor", "diffusion", "custom_example")
 EXIT_PORT_IN_USE = 2  # the exit status when a port is taken (1: any other failed start)

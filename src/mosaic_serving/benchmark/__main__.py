@@ -24,7 +24,7 @@ from mosaic_serving.benchmark import in_process, perf
 from mosaic_serving.benchmark.report import ratios, write_report
 from mosaic_serving.generation import SamplingParams
 from mosaic_serving.tiny_models import tiny_model_path
-from mosaic_serving.triton.local_server import LocalTritonServer
+from mosaic_serving.launcher.server import LocalTritonServer
 
 REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
 PROMPT = "The quick brown fox"

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mosaic_serving.frontend import FrontendProcess
     from mosaic_serving.serve import tiny_model_env
-    from mosaic_serving.triton.local_server import LocalTritonServer, free_port
+    from mosaic_serving.launcher.server import LocalTritonServer, free_port
 
     with ExitStack() as stack:
         triton_grpc = args.triton_grpc

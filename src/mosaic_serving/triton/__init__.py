@@ -1,5 +1,6 @@
 """The Triton Python-backend side: one shared adapter, a thin model class per handler.
 
 Modules that import `triton_python_backend_utils` (adapter, models) only load inside
-Triton's Python backend stub; `config`, `tensors` and `local_server` load anywhere.
+Triton's Python backend stub; `config`, `contract` and `tensors` load anywhere. What runs on
+the host (starting the server, watching it) is in `mosaic_serving.launcher`.
 """
