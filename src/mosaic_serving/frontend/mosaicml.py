@@ -3,6 +3,9 @@
 The body is MosaicML's `{"inputs": [...], "parameters": {...}}`; each input becomes one
 request `{"input": x, "parameters": p}` (`parameters` only when the body has it), as
 MosaicML's server did, so `mcli.predict("http://host:9000/<model>", ...)` works unchanged.
+For image and custom handler models a body without `inputs` is one request, passed as it
+is (MosaicML's Stable Diffusion handler takes `{"prompt": ..., "height": ...}` that way),
+and `outputs` is its result.
 
 `/predict` answers `{"outputs": [...]}`, one output per input, in order, for every kind of
 model (MosaicML's docs show `outputs` for custom models and `data` for MPT; one name for all
@@ -48,10 +51,28 @@ def _read(body: Body) -> tuple[list[Any], dict[str, Any] | None]:
 
 
 async def predict(state: State, model_name: str, body: Body) -> dict[str, Any]:
-    inputs, parameters = _read(body)
     model = await state.catalog.get(model_name)
+    if "inputs" not in body.fields and model.kind in (Kind.HANDLER, Kind.IMAGE):
+        return await _predict_one(state, model, body)
+    inputs, parameters = _read(body)
     try:
         return {"outputs": await _outputs(state, model, inputs, parameters)}
+    except ClientError as error:
+        raise from_client_error(error) from error
+
+
+async def _predict_one(state: State, model: ServedModel, body: Body) -> dict[str, Any]:
+    """A body without `inputs` is one request, as MosaicML's server passed it to a handler's
+    `predict(**inputs)` (its Stable Diffusion example: `{"prompt": ..., "height": ...}`);
+    the answer's `outputs` is that request's result."""
+    request = dict(body.fields)
+    body.taken.update(request)
+    try:
+        if model.kind is Kind.IMAGE:
+            prompt, fields = image_request(request, {})
+            images = await state.client.generate_images(prompt, model=model.name, **fields)
+            return {"outputs": [base64.b64encode(png).decode() for png in images]}
+        return {"outputs": await state.client.call_handler(model.name, request)}
     except ClientError as error:
         raise from_client_error(error) from error
 
