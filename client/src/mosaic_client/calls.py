@@ -1,7 +1,8 @@
 """What each served model takes and returns, independent of protocol (gRPC, HTTP).
 
-The tensor names and types are the server's contract (DESIGN.md section 3); keeping them in
-one place lets both transports and every API method share them.
+The tensor names and types are the server's contract (tests/test_contract.py checks them
+against the served models); keeping them in one place lets both transports and every API
+method share them.
 """
 
 from __future__ import annotations

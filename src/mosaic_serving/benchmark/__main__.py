@@ -25,8 +25,9 @@ from mosaic_serving.benchmark.report import ratios, write_report
 from mosaic_serving.generation import SamplingParams
 from mosaic_serving.tiny_models import tiny_model_path
 from mosaic_serving.launcher.server import LocalTritonServer
+from mosaic_serving.repository import default_model_repository
 
-REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
+REPOSITORY = default_model_repository()
 PROMPT = "The quick brown fox"
 PAIR = ("Represent the sentence for retrieval:", "Triton serves models with dynamic batching.")
 IMAGE = {"prompt": "a lighthouse at dawn", "height": 64, "width": 64, "num_inference_steps": 10, "seed": 1}

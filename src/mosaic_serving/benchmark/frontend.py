@@ -26,8 +26,10 @@ import aiohttp
 import numpy as np
 from mosaic_client import AsyncClient
 
+from mosaic_serving.repository import default_model_repository
+
 PROMPT = "The quick brown fox"
-REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
+REPOSITORY = default_model_repository()
 
 
 @dataclass
