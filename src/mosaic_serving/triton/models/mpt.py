@@ -198,11 +198,20 @@ def _merge_by_stream(pending: list) -> list:
 
 
 class _ResponseStream:
-    """Turns one request's engine events into Triton responses."""
+    """Turns one request's engine events into Triton responses.
 
-    def __init__(self, sender, writer: ResponseWriter, metrics: GenerationMetrics, received: float, prompt: str,
-                 streaming: bool, include_prompt: bool):
+    `is_cancelled` is asked from the engine's cancel watcher thread while the writer thread
+    sends; once the final response is sent, Triton frees the request's response factory, and
+    asking it then reads freed memory in the server (a crash, seen under fuzzing). A lock
+    orders the two, and a finished stream is never asked again.
+    """
+
+    def __init__(self, request, sender, writer: ResponseWriter, metrics: GenerationMetrics, received: float,
+                 prompt: str, streaming: bool, include_prompt: bool):
+        self.request = request
         self.sender = sender
+        self._lock = threading.Lock()
+        self._final_sent = False
         self.writer = writer
         self.metrics = metrics
         self.received = received  # time.monotonic() when execute() took the request
@@ -222,17 +231,24 @@ class _ResponseStream:
         else:
             self.pieces.append(event.text)
 
+    def is_cancelled(self) -> bool:
+        """Whether the client gave up (asked of Triton only while the request is still open)."""
+        with self._lock:
+            return not self._final_sent and self.request.is_cancelled()
+
     def deliver(self, event: GenerationEvent) -> None:
         """On the writer thread: count a finished request, then send the response for `event`."""
         final = event.finish_reason is not None
         if final:
             self.metrics.finished(event, self.first_event_seconds)
-        if event.error:
-            self.sender.send(error_response(RuntimeError(event.error)), flags=FINAL)
-        elif self.streaming:
-            self.sender.send(self._response(event.text, event), flags=FINAL if final else 0)
-        else:
-            self.sender.send(self._response(self.prefix + "".join(self.pieces) + event.text, event), flags=FINAL)
+        with self._lock:
+            self._final_sent = final
+            if event.error:
+                self.sender.send(error_response(RuntimeError(event.error)), flags=FINAL)
+            elif self.streaming:
+                self.sender.send(self._response(event.text, event), flags=FINAL if final else 0)
+            else:
+                self.sender.send(self._response(self.prefix + "".join(self.pieces) + event.text, event), flags=FINAL)
 
     def _response(self, text: str, event: GenerationEvent) -> pb_utils.InferenceResponse:
         return pb_utils.InferenceResponse(
@@ -270,6 +286,6 @@ class TritonPythonModel(HandlerModel):
         """Validate one request and queue it in the engine (OverloadedError when full)."""
         [row] = self.read(request)
         parsed = self.handler.parse_request(model_request(row))
-        stream = _ResponseStream(sender, self.writer, self.generation_metrics, received, parsed.prompt, row["stream"],
-                                 not row["exclude_input_in_output"])
-        self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, request.is_cancelled)
+        stream = _ResponseStream(request, sender, self.writer, self.generation_metrics, received, parsed.prompt,
+                                 row["stream"], not row["exclude_input_in_output"])
+        self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, stream.is_cancelled)
