@@ -29,7 +29,7 @@ PROMPT = "Once upon a time"
 @pytest.fixture(scope="module")
 def frontend(server, tiny_mpt_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("frontend") / "frontend.log"
-    with FrontendProcess(server.grpc_url, free_port(), args=["--tokenizer", str(tiny_mpt_path)],
+    with FrontendProcess(server.grpc_url, free_port(), args=["--tokenizer", str(tiny_mpt_path), "--max-n", "48"],
                          log_file=log) as running:
         yield running
 
@@ -182,10 +182,11 @@ def test_images_are_pngs_of_the_asked_size(oai, direct):
 
 
 # ---- cancellation ------------------------------------------------------------------------------
-# 16 choices of 400 tokens (the tiny MPT's context is 512) keep the engine busy for about a
-# second here. The client leaves as soon as they run; each one must then end cancelled,
-# unless it had already finished, and the batch must empty.
-CHOICES = 16
+# 48 choices of 400 tokens (the tiny MPT's context is 512), more than the 32 batch slots: the
+# last 16 wait until the first 32 have decoded 400 steps, so the client, which leaves as soon
+# as the first ones run, always leaves before all are done. Each choice must then end
+# cancelled, unless it had already finished, and the batch and queue must empty.
+CHOICES = 48
 LONG = {"max_tokens": 400, "min_tokens": 400, "temperature": 0, "n": CHOICES}
 
 
