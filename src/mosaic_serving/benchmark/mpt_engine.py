@@ -19,7 +19,6 @@ Every request makes exactly `new_tokens` tokens (no end-of-text stop). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from transformers import MptConfig, MptForCausalLM
 
 from mosaic_serving.benchmark import in_process
+from mosaic_serving.benchmark.report import save_results
 from mosaic_serving.benchmark.stats import Measurement
 from mosaic_serving.devices import resolve_device, resolve_dtype
 from mosaic_serving.generation import GenerationEngine, SamplingParams
@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "points": [p.summary() for p in points],
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None,
     }
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"mpt-engine-{args.shape}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    stem.with_suffix(".md").write_text(_markdown(report))
-    print(stem.with_suffix(".md").read_text())
+    save_results(args.output / f"mpt-engine-{args.shape}", report, _markdown(report))
     return report
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from mosaic_serving.benchmark.report import save_results
 from mosaic_serving.tiny_models import DEFAULT_CACHE, tiny_model_path
 from mosaic_serving.tiny_models.mpt import CORPUS
 
@@ -304,11 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             "engine_src": args.engine_src or "this checkout", "weights_mb": weights_bytes / 1e6,
             "bandwidth_gb_s": bandwidth / 1e9, "tokenizer": tokenizer}
     data = report(results, workers, skipped, weights_bytes / bandwidth * 1e3, meta)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"peers-{args.size}"
-    stem.with_suffix(".json").write_text(json.dumps(data, indent=2))
-    stem.with_suffix(".md").write_text(markdown(data))
-    print(stem.with_suffix(".md").read_text())
+    save_results(args.output / f"peers-{args.size}", data, markdown(data))
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mosaic_serving.benchmark.stats import Measurement
@@ -57,3 +58,11 @@ def write_report(report: dict, path: Path) -> None:
         if breakdowns:
             lines += ["", "Server-side split of request latency (perf_analyzer):", "", *breakdowns]
     path.write_text("\n".join(lines) + "\n")
+
+
+def save_results(stem: Path, data: dict, markdown: str) -> None:
+    """`stem`.json and `stem`.md side by side (the folder made if needed); the table printed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2))
+    stem.with_suffix(".md").write_text(markdown)
+    print(markdown)
