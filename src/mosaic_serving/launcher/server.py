@@ -37,6 +37,8 @@ from typing import Mapping, Sequence
 
 from mosaic_serving.launcher import procfs
 from mosaic_serving.launcher.children import spawn_tied
+from mosaic_serving.launcher.model_loads import load_states, reload_in_foreground
+from mosaic_serving.load_state import LoadState
 from mosaic_serving.launcher.watchdog import STUB_NAME, StubWatchdog
 
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"  # the Python backend's default
@@ -183,6 +185,8 @@ class LocalTritonServer:
         self.watchdog: StubWatchdog | None = None
         self.start_attempts = start_attempts
         self.heartbeat_restarts = 0  # starts lost to a missed backend heartbeat, then made again
+        self.exit_on_error = "--exit-on-error=false" not in self.extra_args
+        self.load_failures: dict[str, str] = {}  # model: why its handler failed to load
 
     @property
     def host(self) -> str:
@@ -227,14 +231,15 @@ class LocalTritonServer:
         rule = f"model-repository:{ADMIN_HEADER}={self.admin_key}"
         return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
-    def repository_request(self, path: str, timeout: float = 300) -> tuple[int, object]:
+    def repository_request(self, path: str, body: dict | None = None, timeout: float = 300) -> tuple[int, object]:
         """POST /v2/repository/<path> (`index`, `models/mpt/load`, ...) with the admin key if
         locked: the status and the decoded JSON answer (None when empty)."""
         headers = {"Content-Type": "application/json"}
         if self.admin_key is not None:
             headers[ADMIN_HEADER] = self.admin_key
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/{path}", data=b"{}", headers=headers, method="POST"
+            f"http://{self.http_url}/v2/repository/{path}", data=json.dumps(body or {}).encode(), headers=headers,
+            method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -277,7 +282,9 @@ class LocalTritonServer:
         for attempt in range(1, self.start_attempts + 1):
             try:
                 self._launch(server_dir, append_log=attempt > 1)
-                self._wait_ready()
+                deadline = time.monotonic() + self.startup_timeout
+                self._wait_ready(deadline)
+                self._wait_loaded(deadline)
                 break
             except BaseException:
                 missed = self._missed_heartbeat()
@@ -336,10 +343,41 @@ class LocalTritonServer:
         owned = procfs.listening_ports(self.process.pid)
         return {self.http_port, self.grpc_port, self.metrics_port} <= owned
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, deadline: float) -> None:
+        """Until Triton says ready, on ports this server's own process listens on."""
+        self._wait_until(lambda: self._owns_ports() and self.is_ready(), deadline)
+
+    def _wait_loaded(self, deadline: float) -> None:
+        """Until every model's handler has loaded (they load after Triton calls them ready).
+
+        A model whose load failed is loaded again in the foreground, so that Triton lists it
+        UNAVAILABLE with the reason; the start then fails unless `--exit-on-error=false`.
+        """
+        states: dict[str, LoadState] = {}
+
+        def settled() -> bool:
+            states.clear()
+            states.update((model, state) for model, state in load_states(self.metrics_url).items()
+                          if model not in self.load_failures)
+            return LoadState.LOADING not in states.values()
+
+        while True:
+            self._wait_until(settled, deadline)
+            failed = [model for model, state in states.items() if state == LoadState.FAILED]
+            if not failed:
+                return
+            for model in failed:
+                reason = reload_in_foreground(self, model)
+                if reason is not None:
+                    self.load_failures[model] = reason
+                    log.error("model %s failed to load: %s", model, reason)
+                    if self.exit_on_error:
+                        raise ServerStartError(f"model '{model}' failed to load: {reason}")
+
+    def _wait_until(self, condition, deadline: float) -> None:
+        """Poll `condition` while the server runs; ServerStartError when it exits or time is up."""
         assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while not (self.process.poll() is None and self._owns_ports() and self.is_ready()):
+        while not (self.process.poll() is None and condition()):
             if self.process.poll() is not None:
                 raise ServerStartError(
                     f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}"

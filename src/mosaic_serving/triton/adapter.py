@@ -1,7 +1,10 @@
 """The shared Triton Python-backend adapter: handler in, Triton model out.
 
-`HandlerModel.initialize` builds the handler from config.pbtxt's parameters on this
-instance's device. Two ways to execute:
+`HandlerModel.initialize` reads config.pbtxt's parameters and starts building the handler
+on this instance's device in the background (`loading.HandlerLoad`): Triton's Python backend
+kills a backend process that stalls for a second while Triton waits on it, so nothing slow
+runs while it waits. Requests that come during the load wait for it.
+Two ways to execute:
 - `BatchedModel` (dynamic batching): every row of every request in `execute` runs in one
   handler call; if that call fails, each request is retried alone so that only the faulty
   request gets an error.
@@ -13,6 +16,9 @@ queue) UNAVAILABLE, anything else INTERNAL.
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
+`load_in_background` (default "true"): "false" builds the handler inside `initialize`, so
+that a failure fails the load and Triton reports it (the launcher reloads a model whose
+background load failed this way).
 `EXECUTION_ENV_PATH` is the Python backend's (the environment the stub runs in), never a
 handler kwarg.
 """
@@ -29,7 +35,9 @@ from mosaic_serving.errors import InvalidRequestError, status_code
 from mosaic_serving.handlers.model_path import check_model_path
 from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
-from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics
+from mosaic_serving.load_state import LOAD_STATE_METRIC, LoadState
+from mosaic_serving.triton.loading import HandlerLoad
+from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -67,15 +75,29 @@ class HandlerModel:
         self.batched = self.model_config.get("max_batch_size", 0) > 0
         kwargs = config_parameters(self.model_config)
         self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+        background = str(kwargs.pop("load_in_background", "true")).lower() != "false"
         kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
         self.device = instance_device(args)
         if self.passes_device:
             kwargs.setdefault("device", self.device)
         check_model_path(kwargs.get("model_name_or_path"))
         self.metrics = ModelMetrics(args)
-        self.handler = self.create_handler(kwargs)
+        self.configure(kwargs)
+        load_state = self.metrics.gauge(LOAD_STATE_METRIC, "0 while the handler loads, 1 once loaded, -1 if it failed")
+        self.load = HandlerLoad(args.get("model_name", "model"), lambda: self.create_handler(kwargs),
+                                lambda state: best_effort(lambda: load_state.set(int(state))), background)
+
+    @property
+    def handler(self) -> Any:
+        """The handler, once loaded (waits for it); ModelLoadError (UNAVAILABLE) if it failed."""
+        return self.load.result()
+
+    def configure(self, kwargs: dict[str, Any]) -> None:
+        """Set-up that must be quick (runs inside `initialize`): take this model's own parameters
+        out of `kwargs`, the handler's constructor arguments."""
 
     def create_handler(self, kwargs: dict[str, Any]) -> Any:
+        """Build the handler, on the load thread: import what it needs here, not at module level."""
         raise NotImplementedError
 
     def read(self, request) -> list[dict[str, Any]]:
@@ -93,6 +115,8 @@ class HandlerModel:
         return read_rows(arrays, self.inputs, self.batched)
 
     def finalize(self) -> None:
+        if self.load.state != LoadState.LOADED:
+            return  # a load still running ends with the process
         close = getattr(self.handler, "close", None)
         if close is not None:
             close()

@@ -75,12 +75,14 @@ class TritonPythonModel(BatchedModel):
         config.set_model_transaction_policy(dict(decoupled=hasattr(handler_class, "predict_stream")))
         return complete_config(config, TritonPythonModel.inputs, TritonPythonModel.outputs)
 
-    def create_handler(self, kwargs: dict[str, Any]) -> Any:
-        extend_python_path(kwargs.pop("python_path", None))
-        handler_class = load_handler_class(kwargs.pop("handler"))
+    def configure(self, kwargs: dict[str, Any]) -> None:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.model_config)
         self.max_concurrent_requests = int(kwargs.pop("max_concurrent_requests", 64))
         self.slots = threading.BoundedSemaphore(self.max_concurrent_requests)
+
+    def create_handler(self, kwargs: dict[str, Any]) -> Any:
+        extend_python_path(kwargs.pop("python_path", None))
+        handler_class = load_handler_class(kwargs.pop("handler"))
         return handler_calls.construct(handler_class, kwargs, self.device)
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:

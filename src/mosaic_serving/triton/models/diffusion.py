@@ -7,17 +7,19 @@ Metrics: `diffusion_images_total`, and the batch metrics of every batched model 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import InvalidRequestError
-from mosaic_serving.handlers.diffusion import StableDiffusionHandler
 from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton.adapter import BatchedModel
 from mosaic_serving.triton.contract import TensorField, TensorSpec
 from mosaic_serving.triton.metrics import best_effort
 from mosaic_serving.triton.tensors import string_tensor
+
+if TYPE_CHECKING:  # imports torch and diffusers: on the load thread only (see triton.loading)
+    from mosaic_serving.handlers.diffusion import StableDiffusionHandler
 
 
 class TritonPythonModel(BatchedModel):
@@ -33,8 +35,12 @@ class TritonPythonModel(BatchedModel):
     ]
     outputs = [TensorSpec("images", "TYPE_STRING")]
 
-    def create_handler(self, kwargs: dict[str, Any]) -> StableDiffusionHandler:
+    def configure(self, kwargs: dict[str, Any]) -> None:
         self.images_generated = self.metrics.counter("diffusion_images_total", "Images generated")
+
+    def create_handler(self, kwargs: dict[str, Any]) -> StableDiffusionHandler:
+        from mosaic_serving.handlers.diffusion import StableDiffusionHandler
+
         return StableDiffusionHandler(**kwargs)
 
     def run(self, rows: list[dict[str, Any]]) -> list[list[bytes]]:

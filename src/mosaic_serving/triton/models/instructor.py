@@ -8,15 +8,17 @@ bytes per request (`max_request_bytes`), each refused with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.handlers.instructor import HFInstructorHandler
 from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton.adapter import BatchedModel
 from mosaic_serving.triton.contract import TensorField, TensorSpec
+
+if TYPE_CHECKING:  # imports torch: on the load thread only (see triton.loading)
+    from mosaic_serving.handlers.instructor import HFInstructorHandler
 
 
 class TritonPythonModel(BatchedModel):
@@ -24,6 +26,8 @@ class TritonPythonModel(BatchedModel):
     outputs = [TensorSpec("embedding", "TYPE_FP32")]
 
     def create_handler(self, kwargs: dict[str, Any]) -> HFInstructorHandler:
+        from mosaic_serving.handlers.instructor import HFInstructorHandler
+
         return HFInstructorHandler(**kwargs)
 
     def run(self, rows: list[dict[str, Any]]) -> list[np.ndarray]:

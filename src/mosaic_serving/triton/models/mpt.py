@@ -23,19 +23,22 @@ import queue
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import STATUS_CODES, InvalidRequestError, status_code
-from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine, GenerationEvent
-from mosaic_serving.handlers.mpt import GENERATE_FIELDS, MPTModelHandler
+from mosaic_serving.handlers.mpt_fields import GENERATE_FIELDS
 from mosaic_serving.params import REQUIRED, Field, parse_fields
 from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
 from mosaic_serving.triton.contract import TensorField, TensorSpec, tensor
 from mosaic_serving.triton.metrics import ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import string_tensor
+
+if TYPE_CHECKING:  # torch comes with these: imported on the load thread only (see triton.loading)
+    from mosaic_serving.generation import EngineLoad, GenerationEngine, GenerationEvent
+    from mosaic_serving.handlers.mpt import MPTModelHandler
 
 # Optional tensors that are generate parameters under the same name.
 _PARAMETER_TENSORS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample", "seed", "stop")
@@ -114,8 +117,8 @@ class GenerationMetrics:
 
     FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
-    def __init__(self, metrics: ModelMetrics, engine: GenerationEngine):
-        self.engine = engine
+    def __init__(self, metrics: ModelMetrics):
+        self.engine: GenerationEngine | None = None  # set once the handler has loaded
         self.running = metrics.gauge("mpt_running_requests", "Requests decoding in the batch now")
         self.waiting = metrics.gauge("mpt_waiting_requests", "Requests queued for a batch slot")
         self.tokens = metrics.counter("mpt_generated_tokens_total", "Tokens generated, all requests")
@@ -124,7 +127,7 @@ class GenerationMetrics:
         self.first_tokens = metrics.counter("mpt_time_to_first_token_seconds_count", "Requests timed in the _sum")
         self.steps = metrics.counter("mpt_decode_steps_total", "Decode steps (one token for every running request)")
         self.rows = metrics.counter("mpt_decoded_rows_total", "Rows those steps decoded; rows / steps is the mean batch size")
-        self._published = DecodeCounts()
+        self._published_steps = self._published_rows = 0
         finished = "Requests finished, by finish_reason"
         self.finished_by = {
             reason: metrics.counter("mpt_requests_total", finished, finish_reason=reason)
@@ -153,9 +156,9 @@ class GenerationMetrics:
 
     def _publish_decode_counts(self) -> None:
         """Read from the writer thread while the engine counts on: a total may lag by one step."""
-        now, before = self.engine.decoded, self._published
-        steps, rows = now.steps - before.steps, now.rows - before.rows
-        self._published = DecodeCounts(now.steps, now.rows)
+        now = self.engine.decoded
+        steps, rows = now.steps - self._published_steps, now.rows - self._published_rows
+        self._published_steps, self._published_rows = now.steps, now.rows
         best_effort(lambda: (self.steps.increment(steps), self.rows.increment(rows)))
 
 
@@ -265,11 +268,16 @@ class TritonPythonModel(HandlerModel):
     inputs = INPUTS
     outputs = OUTPUTS
 
-    def create_handler(self, kwargs: dict[str, Any]) -> MPTModelHandler:
-        handler = MPTModelHandler(**kwargs)
-        self.generation_metrics = GenerationMetrics(self.metrics, handler.engine)
-        handler.engine.on_load = self.generation_metrics.load
+    def configure(self, kwargs: dict[str, Any]) -> None:
+        self.generation_metrics = GenerationMetrics(self.metrics)
         self.writer = ResponseWriter()
+
+    def create_handler(self, kwargs: dict[str, Any]) -> MPTModelHandler:
+        from mosaic_serving.handlers.mpt import MPTModelHandler
+
+        handler = MPTModelHandler(**kwargs)
+        self.generation_metrics.engine = handler.engine
+        handler.engine.on_load = self.generation_metrics.load
         return handler
 
     def execute(self, requests: list) -> None:
