@@ -1,4 +1,4 @@
-"""Declarative request fields: name, type, default and check, validated in one place.
+"""Declarative request fields: name, type, default and rule, validated in one place.
 
 Every handler describes the fields it accepts as a list of `Field`s and calls
 `parse_fields`; the error messages therefore look the same for every model and always name
@@ -7,37 +7,64 @@ the field. Unknown fields are rejected rather than silently ignored.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from mosaic_serving.errors import InvalidRequestError
 
 REQUIRED = object()  # sentinel default: the field must be given
+MAX_SEED = 2**64 - 1  # the seeds torch.Generator.manual_seed accepts
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts: the check, and the same in words for the error message, made
+    together so that they cannot disagree."""
+
+    accepts: Callable[[Any], bool]
+    text: str
+
+    def __call__(self, value: Any) -> bool:
+        return self.accepts(value)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda value: value >= low, f">= {low}")
+
+
+def in_range(low: float, high: float) -> Rule:
+    return Rule(lambda value: low <= value <= high, f"between {low} and {high}")
+
+
+def in_half_open_range(low: float, high: float) -> Rule:
+    """low excluded, high included."""
+    return Rule(lambda value: low < value <= high, f"in ({low}, {high}]")
+
+
+def finite_at_least(low: float, above: bool = False) -> Rule:
+    """A finite number >= low (> low when `above`)."""
+    if above:
+        return Rule(lambda value: low < value < math.inf, f"a finite number > {low}")
+    return Rule(lambda value: low <= value < math.inf, f"a finite number >= {low}")
+
+
+NON_EMPTY_TEXT = Rule(lambda text: text.strip() != "", "a non-empty string")
+SEED = in_range(0, MAX_SEED)
 
 
 @dataclass(frozen=True)
 class Field:
     """One accepted request field.
 
-    `kind` is `int`, `float`, `bool`, `str`, `dict` or `list` (of str); `check` returns True for an
-    acceptable value and `rule` says in words what it accepts (shown in errors).
+    `kind` is `int`, `float`, `bool`, `str`, `dict` or `list` (of str); `rule`, when given,
+    says which values of that kind it accepts.
     """
 
     name: str
     kind: type
     default: Any = None
-    check: Callable[[Any], bool] | None = None
-    rule: str = ""
-
-
-def at_least(low: float) -> Callable[[Any], bool]:
-    return lambda value: value >= low
-
-
-def in_range(low: float, high: float, low_open: bool = False) -> Callable[[Any], bool]:
-    if low_open:
-        return lambda value: low < value <= high
-    return lambda value: low <= value <= high
+    rule: Rule | None = None
 
 
 def coerce(field: Field, value: Any, where: str, from_string: bool = False) -> Any:
@@ -118,8 +145,8 @@ def parse_fields(
     for name, field in by_name.items():
         if name in given and given[name] is not None:
             value = coerce(field, given[name], where, from_string)
-            if field.check is not None and not field.check(value):
-                raise InvalidRequestError(f"{where} '{name}' must be {field.rule}, got {value!r}")
+            if field.rule is not None and not field.rule(value):
+                raise InvalidRequestError(f"{where} '{name}' must be {field.rule.text}, got {value!r}")
             parsed[name] = value
         elif field.default is REQUIRED:
             raise InvalidRequestError(f"{where} '{name}' is required")

@@ -9,9 +9,10 @@ the result but is not implemented is an error, never silently dropped.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from mosaic_serving.frontend.errors import bad_request
+from mosaic_serving.params import Rule
 
 _MISSING = object()
 ANY_VALUE = object()  # neutral whatever its value (e.g. `user`, an end-user id for abuse monitoring)
@@ -60,10 +61,9 @@ class Body:
         default: Any = None,
         *,
         required: bool = False,
-        check: Callable[[Any], bool] | None = None,
-        expected: str = "",
+        rule: Rule | None = None,
     ) -> Any:
-        """The field's value (`default` when absent or null), checked against `kind` and `check`."""
+        """The field's value (`default` when absent or null), checked against `kind` and `rule`."""
         self.taken.add(field)
         value = self.fields.get(field, _MISSING)
         if value is _MISSING or value is None:
@@ -76,8 +76,8 @@ class Body:
             raise bad_request(f"'{self.name(field)}' must be {wanted}, got {json.dumps(value)[:80]}", self.name(field))
         if kinds == (float,):
             value = float(value)
-        if check is not None and not check(value):
-            raise bad_request(f"'{self.name(field)}' must be {expected}, got {json.dumps(value)[:80]}",
+        if rule is not None and not rule(value):
+            raise bad_request(f"'{self.name(field)}' must be {rule.text}, got {json.dumps(value)[:80]}",
                               self.name(field))
         return value
 

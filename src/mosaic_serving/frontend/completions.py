@@ -25,6 +25,7 @@ from mosaic_serving.frontend.body import ANY_VALUE, Body
 from mosaic_serving.frontend.errors import APIError, bad_request, from_client_error
 from mosaic_serving.frontend.state import State
 from mosaic_serving.frontend.streaming import EventStream
+from mosaic_serving.params import SEED, Rule, at_least, finite_at_least, in_half_open_range, in_range
 
 # Fields OpenAI defines that this frontend does not implement, accepted at their no-op value.
 NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "user": ANY_VALUE, "best_of": 1,
@@ -72,12 +73,11 @@ def _stops(body: Body) -> list[str]:
 def sampling(body: Body, state: State, default_max_tokens: int, max_tokens_field: str = "max_tokens"
              ) -> dict[str, Any]:
     """The generate kwargs of OpenAI's sampling fields (and the extras)."""
-    positive = (lambda v: v >= 1, ">= 1")
-    max_tokens = body.take(max_tokens_field, int, None, check=positive[0], expected=positive[1])
+    max_tokens = body.take(max_tokens_field, int, None, rule=at_least(1))
     if max_tokens_field != "max_tokens":  # chat: the older name too
-        max_tokens = body.take("max_tokens", int, max_tokens, check=positive[0], expected=positive[1])
-    temperature = body.take("temperature", float, 1.0, check=lambda v: 0 <= v <= 2, expected="between 0 and 2")
-    top_p = body.take("top_p", float, 1.0, check=lambda v: 0 < v <= 1, expected="in (0, 1]")
+        max_tokens = body.take("max_tokens", int, max_tokens, rule=at_least(1))
+    temperature = body.take("temperature", float, 1.0, rule=in_range(0, 2))
+    top_p = body.take("top_p", float, 1.0, rule=in_half_open_range(0, 1))
     params: dict[str, Any] = {"max_tokens": max_tokens or default_max_tokens}
     if temperature == 0:
         params["do_sample"] = False
@@ -86,15 +86,15 @@ def sampling(body: Body, state: State, default_max_tokens: int, max_tokens_field
     stops = _stops(body)
     if stops:
         params["stop"] = stops
-    seed = body.take("seed", int, None, check=lambda v: v >= 0, expected=">= 0")
+    seed = body.take("seed", int, None, rule=SEED)
     if seed is not None:
         params["seed"] = seed
-    for name, kind, check, expected in (
-        ("top_k", int, lambda v: v >= 0, ">= 0"),
-        ("repetition_penalty", float, lambda v: v > 0, "> 0"),
-        ("min_tokens", int, lambda v: v >= 0, ">= 0"),
+    for name, kind, rule in (
+        ("top_k", int, at_least(0)),
+        ("repetition_penalty", float, finite_at_least(0, above=True)),
+        ("min_tokens", int, at_least(0)),
     ):
-        value = body.take(name, kind, None, check=check, expected=expected)
+        value = body.take(name, kind, None, rule=rule)
         if value is not None:
             params[name] = value
     return params
@@ -102,8 +102,7 @@ def sampling(body: Body, state: State, default_max_tokens: int, max_tokens_field
 
 def _common(body: Body, state: State) -> tuple[str, int, bool, bool]:
     model = body.take("model", str, required=True)
-    n = body.take("n", int, 1, check=lambda v: 1 <= v <= state.settings.max_n,
-                  expected=f"between 1 and {state.settings.max_n}")
+    n = body.take("n", int, 1, rule=in_range(1, state.settings.max_n))
     stream = body.take("stream", bool, False)
     options = Body(body.take("stream_options", dict, {}), "stream_options")
     include_usage = options.take("include_usage", bool, False)
@@ -135,6 +134,7 @@ def completion_request(body: Body, state: State) -> TextRequest:
 # ---- /v1/chat/completions -------------------------------------------------------------------------
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLE = Rule(lambda role: role in _ROLES, "one of " + ", ".join(_ROLES))
 
 
 def _content(message: Body) -> str:
@@ -164,8 +164,7 @@ def chat_messages(body: Body) -> list[dict[str, str]]:
         if not isinstance(item, dict):
             raise bad_request(f"'messages[{index}]' must be an object", f"messages[{index}]")
         message = Body(item, f"messages[{index}]")
-        role = message.take("role", str, required=True, check=lambda r: r in _ROLES,
-                            expected="one of " + ", ".join(_ROLES))
+        role = message.take("role", str, required=True, rule=_ROLE)
         result.append({"role": _ROLES[role], "content": _content(message)})
         message.finish()
     return result

@@ -19,6 +19,9 @@ from mosaic_serving.frontend.body import ANY_VALUE, Body
 from mosaic_serving.frontend.catalog import Kind
 from mosaic_serving.frontend.errors import bad_request, from_client_error
 from mosaic_serving.frontend.state import State
+from mosaic_serving.params import Rule
+
+_ENCODINGS = Rule(lambda encoding: encoding in ("float", "base64"), "'float' or 'base64'")
 
 
 async def embeddings(state: State, body: Body) -> dict[str, Any]:
@@ -29,8 +32,7 @@ async def embeddings(state: State, body: Body) -> dict[str, Any]:
         raise bad_request("'input' must be a string or a non-empty array of strings (token arrays are not "
                           "supported)", "input")
     instruction = body.take("instruction", str, state.settings.default_instruction)
-    encoding = body.take("encoding_format", str, "float", check=lambda v: v in ("float", "base64"),
-                         expected="'float' or 'base64'")
+    encoding = body.take("encoding_format", str, "float", rule=_ENCODINGS)
     body.finish({"user": ANY_VALUE})
     await state.catalog.get(model, Kind.EMBEDDING)
     try:

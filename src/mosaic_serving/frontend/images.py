@@ -19,8 +19,10 @@ from mosaic_serving.frontend.body import ANY_VALUE, Body
 from mosaic_serving.frontend.catalog import Kind
 from mosaic_serving.frontend.errors import bad_request, from_client_error
 from mosaic_serving.frontend.state import State
+from mosaic_serving.params import NON_EMPTY_TEXT, Rule, at_least
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
+_B64_JSON = Rule(lambda fmt: fmt == "b64_json", "'b64_json' (no image files are kept to link to)")
 NEUTRAL = {"user": ANY_VALUE, "quality": "standard", "style": "vivid"}
 
 
@@ -37,12 +39,10 @@ def _size(body: Body) -> dict[str, int]:
 
 async def generations(state: State, body: Body) -> dict[str, Any]:
     model = body.take("model", str)
-    prompt = body.take("prompt", str, required=True, check=lambda p: p.strip() != "", expected="a non-empty string")
-    fields: dict[str, Any] = {"num_images_per_prompt": body.take("n", int, 1, check=lambda v: v >= 1,
-                                                                 expected=">= 1")}
+    prompt = body.take("prompt", str, required=True, rule=NON_EMPTY_TEXT)
+    fields: dict[str, Any] = {"num_images_per_prompt": body.take("n", int, 1, rule=at_least(1))}
     fields.update(_size(body))
-    body.take("response_format", str, "b64_json", check=lambda v: v == "b64_json",
-              expected="'b64_json' (no image files are kept to link to)")
+    body.take("response_format", str, "b64_json", rule=_B64_JSON)
     for name, target, kind in (("seed", "seed", int), ("steps", "num_inference_steps", int),
                                ("negative_prompt", "negative_prompt", str),
                                ("guidance_scale", "guidance_scale", float)):

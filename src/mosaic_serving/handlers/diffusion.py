@@ -10,7 +10,6 @@ float rounding in the batched UNet: a pixel may differ by one level).
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +19,8 @@ from PIL import Image
 
 from mosaic_serving.devices import resolve_device, resolve_dtype
 from mosaic_serving.errors import InvalidRequestError
-from mosaic_serving.params import REQUIRED, Field, in_range, parse_fields
+from mosaic_serving.params import REQUIRED, SEED, Field, Rule, finite_at_least, in_range, parse_fields
 
-MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True)
@@ -195,26 +193,19 @@ def encode_png(image: Image.Image) -> bytes:
 def _fields(max_images: int, max_steps: int) -> list[Field]:
     """The accepted fields, MosaicML's defaults, and the limits that keep a request bounded."""
     return [
-        Field("prompt", list, REQUIRED, _all_non_empty, "a non-empty string or a list of non-empty strings"),
+        Field("prompt", list, REQUIRED, _PROMPTS),
         Field("negative_prompt", list),
-        Field("height", int, 512, _positive_multiple_of_8, "a positive multiple of 8"),
-        Field("width", int, 512, _positive_multiple_of_8, "a positive multiple of 8"),
+        Field("height", int, 512, _MULTIPLE_OF_8),
+        Field("width", int, 512, _MULTIPLE_OF_8),
         # MosaicML's default of 50 steps, unless the operator's limit is lower.
-        Field("num_inference_steps", int, min(50, max_steps), in_range(1, max_steps), f"between 1 and {max_steps}"),
-        Field("num_images_per_prompt", int, 1, in_range(1, max_images), f"between 1 and {max_images}"),
-        Field("guidance_scale", float, 7.5, _finite_non_negative, "a finite number >= 0"),
-        Field("seed", int, 0, in_range(0, MAX_SEED), "between 0 and 2**64-1"),
+        Field("num_inference_steps", int, min(50, max_steps), in_range(1, max_steps)),
+        Field("num_images_per_prompt", int, 1, in_range(1, max_images)),
+        Field("guidance_scale", float, 7.5, finite_at_least(0)),
+        Field("seed", int, 0, SEED),
     ]
 
 
-def _all_non_empty(prompts: list[str]) -> bool:
-    return bool(prompts) and all(prompt.strip() for prompt in prompts)
-
-
-def _positive_multiple_of_8(value: int) -> bool:
-    """The VAE downsamples by 8 in Stable Diffusion; diffusers refuses other sizes."""
-    return value > 0 and value % 8 == 0
-
-
-def _finite_non_negative(value: float) -> bool:
-    return 0 <= value < math.inf
+# The VAE downsamples by 8 in Stable Diffusion; diffusers refuses other sizes.
+_MULTIPLE_OF_8 = Rule(lambda value: value > 0 and value % 8 == 0, "a positive multiple of 8")
+_PROMPTS = Rule(lambda prompts: bool(prompts) and all(prompt.strip() for prompt in prompts),
+                "a non-empty string or a list of non-empty strings")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mosaic_serving.devices import resolve_device, resolve_dtype
 from mosaic_serving.errors import InvalidRequestError
-from mosaic_serving.generation import GenerationEngine, GenerationEvent, SamplingParams
+from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine, GenerationEvent, SamplingParams
 from mosaic_serving.handlers.mpt_fields import GENERATE_FIELDS, REQUEST_FIELDS
 from mosaic_serving.params import parse_fields
 
@@ -59,7 +59,7 @@ class MPTModelHandler:
     ):
         """`max_input_tokens` (None or 0: the model's context) and `max_new_tokens_limit` bound
         one request; `max_queue_size` bounds requests waiting for a batch slot (None: no bound),
-        beyond which `engine.submit` raises OverloadedError. `compile_mode` and
+        beyond which `submit` raises OverloadedError. `compile_mode` and
         `prefill_token_budget` tune the engine (see GenerationEngine)."""
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
@@ -84,14 +84,38 @@ class MPTModelHandler:
             if event.text:
                 yield event.text
 
-    # ---- richer interface used by the Triton adapter -----------------------------------
+    # ---- serving interface: what a server (the Triton model) calls ----------------------
+
+    def submit(self, request: GenerationRequest, on_event: Callable[[GenerationEvent], None],
+               is_cancelled: Callable[[], bool] | None = None) -> str:
+        """Queue a parsed request in the continuously batched engine; its id (for `abort`).
+
+        `on_event` is called from the engine thread with each piece of text, the last event
+        with a finish_reason; `is_cancelled`, polled off the decode loop, aborts it when True.
+        Raises OverloadedError when `max_queue_size` requests are already waiting.
+        """
+        return self.engine.submit(request.prompt_ids, request.params, on_event, is_cancelled)
+
+    def abort(self, request_id: str) -> None:
+        """End a request before its next decode step (its last event says "cancelled")."""
+        self.engine.abort(request_id)
+
+    def watch_load(self, on_load: Callable[[EngineLoad], None]) -> None:
+        """Have `on_load` called with the running and waiting counts whenever they change."""
+        self.engine.on_load = on_load
+
+    def decode_counts(self) -> DecodeCounts:
+        """Decode steps so far and the rows they decoded (rows / steps: the mean batch size)."""
+        return self.engine.decoded
+
+    # ---- in-process conveniences, on the same engine ----------------------------------
 
     def generate(self, model_requests: list[dict[str, Any]]) -> list[Completion]:
         """Run all requests concurrently (batched by the engine) and wait for every one."""
         requests = [self.parse_request(r) for r in model_requests]
         inboxes = [queue.Queue() for _ in requests]
         for request, inbox in zip(requests, inboxes):
-            self.engine.submit(request.prompt_ids, request.params, inbox.put)
+            self.submit(request, inbox.put)
         return [_collect(request, inbox) for request, inbox in zip(requests, inboxes)]
 
     def generate_stream(self, model_request: dict[str, Any]) -> Iterator[GenerationEvent]:

@@ -8,8 +8,8 @@ Two ways to execute:
 - `BatchedModel` (dynamic batching): every row of every request in `execute` runs in one
   handler call; if that call fails, each request is retried alone so that only the faulty
   request gets an error.
-- decoupled models (streaming) send their responses themselves through each request's
-  response sender, see `models/mpt.py` and `models/custom.py`.
+- decoupled models (streaming) send their responses themselves, through each request's
+  `responses.ResponseStream`, see `models/mpt.py` and `models/custom.py`.
 Errors become responses: InvalidRequestError is INVALID_ARGUMENT, OverloadedError (a full
 queue) UNAVAILABLE, anything else INTERNAL.
 
@@ -40,7 +40,6 @@ from mosaic_serving.triton.loading import HandlerLoad
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 

@@ -1,6 +1,6 @@
 """A model's tensors, declared once in its Triton model class and written into its config.
 
-Each input is a `TensorField`: the request field (name, Python type, default, check) plus
+Each input is a `TensorField`: the request field (name, Python type, default, rule) plus
 the tensor's Triton type and shape; each output a `TensorSpec`. `HandlerModel`'s
 `auto_complete_config` writes them into the model configuration when Triton loads the model,
 so `config.pbtxt` keeps only instances, batching and parameters, and a renamed input is
@@ -35,7 +35,7 @@ class TensorField(Field):
 
 def tensor(field: Field, data_type: str = "", dims: tuple[int, ...] = (1,)) -> TensorField:
     """`field` as an input tensor (for fields declared elsewhere, e.g. a handler's parameters)."""
-    return TensorField(field.name, field.kind, field.default, field.check, field.rule, data_type, dims)
+    return TensorField(field.name, field.kind, field.default, field.rule, data_type, dims)
 
 
 @dataclass(frozen=True)

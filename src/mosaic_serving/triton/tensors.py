@@ -1,6 +1,6 @@
 """Request tensors to Python values, declared once per model as `params.Field`s.
 
-A model lists its input tensors as Fields (name, kind, default, check); `read_request`
+A model lists its input tensors as Fields (name, kind, default, rule); `read_request`
 turns a request's numpy arrays into one dict of Python values per batch row, with errors
 that name the tensor. Triton itself has already checked names and data types against
 config.pbtxt; what is left is shape, emptiness and value.

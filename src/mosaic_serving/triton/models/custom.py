@@ -27,9 +27,10 @@ import triton_python_backend_utils as pb_utils
 from mosaic_serving.errors import InvalidRequestError, OverloadedError
 from mosaic_serving.params import REQUIRED
 from mosaic_serving.triton import handler_calls
-from mosaic_serving.triton.adapter import FINAL, BatchedModel, error_response
+from mosaic_serving.triton.adapter import BatchedModel
 from mosaic_serving.triton.config import config_parameters
 from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
+from mosaic_serving.triton.responses import ResponseStream
 from mosaic_serving.triton.tensors import string_tensor
 
 
@@ -103,43 +104,43 @@ class TritonPythonModel(BatchedModel):
         if not self.decoupled:
             return super().execute(requests)
         for request in requests:
-            sender = request.get_response_sender()
+            responses = ResponseStream(request)
             if not self.slots.acquire(blocking=False):
-                busy = OverloadedError(
+                responses.fail(OverloadedError(
                     f"{self.max_concurrent_requests} requests are already running, the limit "
                     "(max_concurrent_requests); retry later"
-                )
-                sender.send(error_response(busy), flags=FINAL)
+                ))
                 continue
-            threading.Thread(target=self._serve_decoupled, args=(request, sender), daemon=True).start()
+            threading.Thread(target=self._serve_decoupled, args=(request, responses), daemon=True).start()
         return None
 
-    def _serve_decoupled(self, request, sender) -> None:
+    def _serve_decoupled(self, request, responses: ResponseStream) -> None:
         """One request of a streaming handler; frees its slot whatever happens."""
         try:
-            self._stream(request, sender)
+            self._stream(request, responses)
         finally:
             self.slots.release()
 
-    def _stream(self, request, sender) -> None:
+    def _stream(self, request, responses: ResponseStream) -> None:
         """Each streamed item, or one result, then FINAL (an error response on failure)."""
         try:
             [row] = self.read(request)
             model_request = decode_request(row["request"])
             if not row["stream"]:
                 [result] = handler_calls.predict(self.handler, [model_request])
-                sender.send(pb_utils.InferenceResponse([self.response_tensor(result)]), flags=FINAL)
+                responses.send(pb_utils.InferenceResponse([self.response_tensor(result)]), final=True)
                 return
             items = handler_calls.predict_stream(self.handler, model_request)
             try:
                 for item in items:
-                    if request.is_cancelled():
+                    if responses.is_cancelled():
                         break
-                    sender.send(pb_utils.InferenceResponse([self.response_tensor(item)]))
+                    responses.send(pb_utils.InferenceResponse([self.response_tensor(item)]))
             finally:
                 close = getattr(items, "close", None)
                 if close is not None:
                     close()  # a generator's cleanup runs now, also when the client cancelled
-            sender.send(flags=FINAL)
+            responses.finish()
         except Exception as error:  # noqa: BLE001 - becomes this request's error response
-            sender.send(error_response(error), flags=FINAL)
+            if not responses.finished:
+                responses.fail(error)

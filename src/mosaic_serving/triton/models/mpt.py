@@ -30,14 +30,15 @@ import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import STATUS_CODES, InvalidRequestError, status_code
 from mosaic_serving.handlers.mpt_fields import GENERATE_FIELDS
-from mosaic_serving.params import REQUIRED, Field, parse_fields
-from mosaic_serving.triton.adapter import FINAL, HandlerModel, error_response
+from mosaic_serving.params import NON_EMPTY_TEXT, REQUIRED, Field, parse_fields
+from mosaic_serving.triton.adapter import HandlerModel
 from mosaic_serving.triton.contract import TensorField, TensorSpec, tensor
 from mosaic_serving.triton.metrics import ModelMetrics, best_effort
+from mosaic_serving.triton.responses import ResponseStream
 from mosaic_serving.triton.tensors import string_tensor
 
 if TYPE_CHECKING:  # torch comes with these: imported on the load thread only (see triton.loading)
-    from mosaic_serving.generation import EngineLoad, GenerationEngine, GenerationEvent
+    from mosaic_serving.generation import EngineLoad, GenerationEvent
     from mosaic_serving.handlers.mpt import MPTModelHandler
 
 # Optional tensors that are generate parameters under the same name.
@@ -66,7 +67,7 @@ def _as_tensor(name: str) -> TensorField:
 
 
 INPUTS = [
-    TensorField("text_input", str, REQUIRED, lambda text: text.strip() != "", "a non-empty string"),
+    TensorField("text_input", str, REQUIRED, NON_EMPTY_TEXT),
     TensorField("stream", bool, False),
     TensorField("exclude_input_in_output", bool, False),
     TensorField("parameters", str),  # JSON object of generate kwargs, MosaicML style
@@ -118,7 +119,7 @@ class GenerationMetrics:
     FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
     def __init__(self, metrics: ModelMetrics):
-        self.engine: GenerationEngine | None = None  # set once the handler has loaded
+        self.handler: MPTModelHandler | None = None  # set once it has loaded
         self.running = metrics.gauge("mpt_running_requests", "Requests decoding in the batch now")
         self.waiting = metrics.gauge("mpt_waiting_requests", "Requests queued for a batch slot")
         self.tokens = metrics.counter("mpt_generated_tokens_total", "Tokens generated, all requests")
@@ -156,7 +157,7 @@ class GenerationMetrics:
 
     def _publish_decode_counts(self) -> None:
         """Read from the writer thread while the engine counts on: a total may lag by one step."""
-        now = self.engine.decoded
+        now = self.handler.decode_counts()
         steps, rows = now.steps - self._published_steps, now.rows - self._published_rows
         self._published_steps, self._published_rows = now.steps, now.rows
         best_effort(lambda: (self.steps.increment(steps), self.rows.increment(rows)))
@@ -174,7 +175,7 @@ class ResponseWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._run, name="mpt-response-writer", daemon=True).start()
 
-    def put(self, stream: "_ResponseStream", event: GenerationEvent) -> None:
+    def put(self, stream: "_GenerationStream", event: GenerationEvent) -> None:
         self._queue.put((stream, event))
 
     def _run(self) -> None:
@@ -200,21 +201,12 @@ def _merge_by_stream(pending: list) -> list:
     return list(merged.values())
 
 
-class _ResponseStream:
-    """Turns one request's engine events into Triton responses.
+class _GenerationStream:
+    """Turns one request's engine events into its responses (see `triton.responses`)."""
 
-    `is_cancelled` is asked from the engine's cancel watcher thread while the writer thread
-    sends; once the final response is sent, Triton frees the request's response factory, and
-    asking it then reads freed memory in the server (a crash, seen under fuzzing). A lock
-    orders the two, and a finished stream is never asked again.
-    """
-
-    def __init__(self, request, sender, writer: ResponseWriter, metrics: GenerationMetrics, received: float,
-                 prompt: str, streaming: bool, include_prompt: bool):
-        self.request = request
-        self.sender = sender
-        self._lock = threading.Lock()
-        self._final_sent = False
+    def __init__(self, responses: ResponseStream, writer: ResponseWriter, metrics: GenerationMetrics,
+                 received: float, prompt: str, streaming: bool, include_prompt: bool):
+        self.responses = responses
         self.writer = writer
         self.metrics = metrics
         self.received = received  # time.monotonic() when execute() took the request
@@ -234,24 +226,17 @@ class _ResponseStream:
         else:
             self.pieces.append(event.text)
 
-    def is_cancelled(self) -> bool:
-        """Whether the client gave up (asked of Triton only while the request is still open)."""
-        with self._lock:
-            return not self._final_sent and self.request.is_cancelled()
-
     def deliver(self, event: GenerationEvent) -> None:
         """On the writer thread: count a finished request, then send the response for `event`."""
         final = event.finish_reason is not None
         if final:
             self.metrics.finished(event, self.first_event_seconds)
-        with self._lock:
-            self._final_sent = final
-            if event.error:
-                self.sender.send(error_response(RuntimeError(event.error)), flags=FINAL)
-            elif self.streaming:
-                self.sender.send(self._response(event.text, event), flags=FINAL if final else 0)
-            else:
-                self.sender.send(self._response(self.prefix + "".join(self.pieces) + event.text, event), flags=FINAL)
+        if event.error:
+            self.responses.fail(RuntimeError(event.error))
+        elif self.streaming:
+            self.responses.send(self._response(event.text, event), final=final)
+        else:
+            self.responses.send(self._response(self.prefix + "".join(self.pieces) + event.text, event), final=True)
 
     def _response(self, text: str, event: GenerationEvent) -> pb_utils.InferenceResponse:
         return pb_utils.InferenceResponse(
@@ -276,24 +261,24 @@ class TritonPythonModel(HandlerModel):
         from mosaic_serving.handlers.mpt import MPTModelHandler
 
         handler = MPTModelHandler(**kwargs)
-        self.generation_metrics.engine = handler.engine
-        handler.engine.on_load = self.generation_metrics.load
+        self.generation_metrics.handler = handler
+        handler.watch_load(self.generation_metrics.load)
         return handler
 
     def execute(self, requests: list) -> None:
         for request in requests:
-            sender = request.get_response_sender()
+            responses = ResponseStream(request)
             try:
-                self._submit(request, sender, time.monotonic())
+                self._submit(request, responses, time.monotonic())
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
                 self.generation_metrics.rejected(error)
-                sender.send(error_response(error), flags=FINAL)
+                responses.fail(error)
         return None
 
-    def _submit(self, request, sender, received: float) -> None:
+    def _submit(self, request, responses: ResponseStream, received: float) -> None:
         """Validate one request and queue it in the engine (OverloadedError when full)."""
         [row] = self.read(request)
         parsed = self.handler.parse_request(model_request(row))
-        stream = _ResponseStream(request, sender, self.writer, self.generation_metrics, received, parsed.prompt,
-                                 row["stream"], not row["exclude_input_in_output"])
-        self.handler.engine.submit(parsed.prompt_ids, parsed.params, stream.on_event, stream.is_cancelled)
+        stream = _GenerationStream(responses, self.writer, self.generation_metrics, received, parsed.prompt,
+                                   row["stream"], not row["exclude_input_in_output"])
+        self.handler.submit(parsed, stream.on_event, responses.is_cancelled)
