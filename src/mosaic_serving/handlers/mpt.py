@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mosaic_serving.devices import resolve_device, resolve_dtype
 from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.generation import DecodeCounts, EngineLoad, GenerationEngine, GenerationEvent, SamplingParams
-from mosaic_serving.handlers.mpt_fields import GENERATE_FIELDS, REQUEST_FIELDS
+from mosaic_serving.handlers.mpt_fields import (MOSAICML_MAX_LENGTH, REQUEST_FIELDS, GenerateParameters,
+                                                mosaicml_parameters, parse_generate_parameters)
 from mosaic_serving.params import parse_fields
 
 
@@ -131,28 +132,36 @@ class MPTModelHandler:
         if not isinstance(model_request, dict):
             raise InvalidRequestError(f"request must be a dict with 'input' and 'parameters', got {model_request!r}")
         fields = parse_fields(model_request, REQUEST_FIELDS, where="request field")
-        given = fields.get("parameters", {})
-        generate_kwargs = parse_fields(given, GENERATE_FIELDS)
-        prompt_ids = self.tokenizer(fields["input"])["input_ids"]
+        parameters = parse_generate_parameters([mosaicml_parameters(fields.get("parameters", {}))])
+        return self.prepare(fields["input"], parameters)
+
+    def prepare(self, prompt: str, parameters: GenerateParameters) -> GenerationRequest:
+        """A request from its (checked) prompt and parameters: tokenized, and its length and
+        the operator's limits checked (InvalidRequestError)."""
+        prompt_ids = self.tokenizer(prompt)["input_ids"]
         if len(prompt_ids) > self.max_input_tokens:
             raise InvalidRequestError(
                 f"input has {len(prompt_ids)} tokens, over the limit of {self.max_input_tokens} (max_input_tokens)"
             )
-        if given.get("max_new_tokens") is None and given.get("max_length") is None:
-            # MosaicML's default length (max_length 256) never exceeds the operator's limit.
-            generate_kwargs["max_new_tokens"] = min(256 - len(prompt_ids), self.max_new_tokens_limit)
-        params = self._sampling_params(generate_kwargs, len(prompt_ids))
-        return GenerationRequest(fields["input"], prompt_ids, params)
+        return GenerationRequest(prompt, prompt_ids, self._sampling_params(parameters, len(prompt_ids)))
 
     def close(self) -> None:
         self.engine.close()
 
-    def _sampling_params(self, kwargs: dict[str, Any], prompt_length: int) -> SamplingParams:
-        max_new_tokens = kwargs.get("max_new_tokens", kwargs["max_length"] - prompt_length)
+    def _max_new_tokens(self, parameters: GenerateParameters, prompt_length: int) -> int:
+        if parameters.max_new_tokens is not None:
+            return parameters.max_new_tokens
+        if parameters.max_length is not None:
+            return parameters.max_length - prompt_length
+        # MosaicML's default length never exceeds the operator's limit.
+        return min(MOSAICML_MAX_LENGTH - prompt_length, self.max_new_tokens_limit)
+
+    def _sampling_params(self, parameters: GenerateParameters, prompt_length: int) -> SamplingParams:
+        max_new_tokens = self._max_new_tokens(parameters, prompt_length)
         if max_new_tokens < 1:
             raise InvalidRequestError(
-                f"max_length {kwargs['max_length']} leaves no room after the {prompt_length}-token input; "
-                "raise max_length or set max_new_tokens"
+                f"max_length {parameters.max_length or MOSAICML_MAX_LENGTH} leaves no room after the "
+                f"{prompt_length}-token input; raise max_length or set max_new_tokens"
             )
         if max_new_tokens > self.max_new_tokens_limit:
             raise InvalidRequestError(
@@ -164,17 +173,17 @@ class MPTModelHandler:
                 f"max_new_tokens {max_new_tokens} plus the {prompt_length}-token input exceeds the model's "
                 f"context of {self.context_length} tokens"
             )
-        eos = kwargs.get("eos_token_id", self.tokenizer.eos_token_id)
+        eos = self.tokenizer.eos_token_id if parameters.eos_token_id is None else parameters.eos_token_id
         return SamplingParams(
             max_new_tokens=max_new_tokens,
-            do_sample=kwargs["do_sample"],
-            temperature=kwargs["temperature"],
-            top_p=kwargs["top_p"],
-            top_k=kwargs["top_k"],
-            repetition_penalty=kwargs["repetition_penalty"],
-            min_new_tokens=kwargs["min_new_tokens"],
-            seed=kwargs.get("seed"),
-            stop=tuple(kwargs.get("stop", ())),
+            do_sample=parameters.do_sample,
+            temperature=parameters.temperature,
+            top_p=parameters.top_p,
+            top_k=parameters.top_k,
+            repetition_penalty=parameters.repetition_penalty,
+            min_new_tokens=parameters.min_new_tokens,
+            seed=parameters.seed,
+            stop=parameters.stop,
             eos_token_ids=() if eos is None else (eos,),
         )
 

@@ -29,8 +29,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mosaic_serving.errors import STATUS_CODES, InvalidRequestError, status_code
-from mosaic_serving.handlers.mpt_fields import GENERATE_FIELDS
-from mosaic_serving.params import NON_EMPTY_TEXT, REQUIRED, Field, parse_fields
+from mosaic_serving.handlers.mpt_fields import (CLIENT_FIELDS, GenerateParameters, ParameterSource, client_field,
+                                                mosaicml_parameters, parse_generate_parameters)
+from mosaic_serving.params import NON_EMPTY_TEXT, REQUIRED
 from mosaic_serving.triton.adapter import HandlerModel
 from mosaic_serving.triton.contract import TensorField, TensorSpec, tensor
 from mosaic_serving.triton.metrics import ModelMetrics, best_effort
@@ -41,29 +42,16 @@ if TYPE_CHECKING:  # torch comes with these: imported on the load thread only (s
     from mosaic_serving.generation import EngineLoad, GenerationEvent
     from mosaic_serving.handlers.mpt import MPTModelHandler
 
-# Optional tensors that are generate parameters under the same name.
-_PARAMETER_TENSORS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample", "seed", "stop")
-# Names used by TensorRT-LLM / vLLM clients, and the handler parameter each one means.
-_ALIASES = {"max_tokens": "max_new_tokens", "min_length": "min_new_tokens", "min_tokens": "min_new_tokens"}
-_GENERATE_FIELDS = {field.name: field for field in GENERATE_FIELDS}
-
-
-def _as_named(name: str) -> Field:
-    """The handler's field that `name` (itself or an alias) means, under the name the client used."""
-    target = _GENERATE_FIELDS[_ALIASES.get(name, name)]
-    return replace(target, name=name, default=None)
-
-
-# Every generate parameter, and every alias, also as a vLLM-style `sampling_parameters` key.
-_SAMPLING_FIELDS = [_as_named(name) for name in (*_GENERATE_FIELDS, *_ALIASES)]
-
+# Optional tensors that are generate parameters (or their aliases) under the same name.
+_PARAMETER_TENSORS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample", "seed",
+                      "stop", "max_tokens", "min_length")
 # Tensors whose Triton type or shape is not the one their Python type suggests.
 _TENSOR_TYPES = {"seed": ("TYPE_UINT64", (1,)), "stop": ("TYPE_STRING", (-1,))}
 
 
 def _as_tensor(name: str) -> TensorField:
     data_type, dims = _TENSOR_TYPES.get(name, ("", (1,)))
-    return tensor(_as_named(name), data_type, dims)
+    return tensor(client_field(name), data_type, dims)
 
 
 INPUTS = [
@@ -72,7 +60,7 @@ INPUTS = [
     TensorField("exclude_input_in_output", bool, False),
     TensorField("parameters", str),  # JSON object of generate kwargs, MosaicML style
     TensorField("sampling_parameters", str),  # JSON object in vLLM's names, values possibly strings
-    *(_as_tensor(name) for name in (*_PARAMETER_TENSORS, "max_tokens", "min_length")),
+    *(_as_tensor(name) for name in _PARAMETER_TENSORS),
 ]
 OUTPUTS = [
     TensorSpec("text_output", "TYPE_STRING"),
@@ -82,18 +70,15 @@ OUTPUTS = [
 ]
 
 
-def model_request(row: dict[str, Any]) -> dict[str, Any]:
-    """A MosaicML request dict from the tensors.
-
-    Precedence, lowest first: the `parameters` JSON (passed on as is, checked by the handler),
-    `sampling_parameters` (checked here under the client's names), explicit tensors.
-    """
-    parameters = _json_object(row, "parameters")
-    sampling = parse_fields(_json_object(row, "sampling_parameters"), _SAMPLING_FIELDS, "sampling_parameters field", True)
-    explicit = {name: row[name] for name in (*_PARAMETER_TENSORS, *_ALIASES) if name in row}
-    for name, value in (*sampling.items(), *explicit.items()):
-        parameters[_ALIASES.get(name, name)] = value
-    return {"input": row["text_input"], "parameters": parameters}
+def generate_parameters(row: dict[str, Any]) -> GenerateParameters:
+    """The request's generate parameters from its tensors. Precedence, lowest first: the
+    `parameters` JSON (MosaicML's names), `sampling_parameters` (vLLM's names and aliases,
+    values possibly strings), explicit tensors."""
+    return parse_generate_parameters([
+        mosaicml_parameters(_json_object(row, "parameters")),
+        ParameterSource(_json_object(row, "sampling_parameters"), "sampling_parameters field", CLIENT_FIELDS, True),
+        ParameterSource({name: row[name] for name in _PARAMETER_TENSORS if name in row}, "input tensor", CLIENT_FIELDS),
+    ])
 
 
 def _json_object(row: dict[str, Any], name: str) -> dict[str, Any]:
@@ -278,7 +263,7 @@ class TritonPythonModel(HandlerModel):
     def _submit(self, request, responses: ResponseStream, received: float) -> None:
         """Validate one request and queue it in the engine (OverloadedError when full)."""
         [row] = self.read(request)
-        parsed = self.handler.parse_request(model_request(row))
+        parsed = self.handler.prepare(row["text_input"], generate_parameters(row))
         stream = _GenerationStream(responses, self.writer, self.generation_metrics, received, parsed.prompt,
                                    row["stream"], not row["exclude_input_in_output"])
         self.handler.submit(parsed, stream.on_event, responses.is_cancelled)
