@@ -22,7 +22,7 @@ import torch
 
 from mosaic_serving.benchmark import in_process, perf
 from mosaic_serving.benchmark.report import ratios, write_report
-from mosaic_serving.generation import SamplingParams
+from mosaic_serving.handlers.mpt_fields import GenerateParameters
 from mosaic_serving.tiny_models import tiny_model_path
 from mosaic_serving.launcher.server import LocalTritonServer
 from mosaic_serving.repository import default_model_repository
@@ -71,9 +71,8 @@ def baselines(size: dict, paths: dict[str, Path]) -> dict[str, list]:
     if "mpt" in paths:
         handler = MPTModelHandler(str(paths["mpt"]))
         rounds = max(2, size["requests"]["mpt"] // 8)
-        prompt_ids = handler.tokenizer(PROMPT)["input_ids"]
-        params = SamplingParams(max_new_tokens=size["mpt_tokens"], do_sample=False)
-        results["mpt"] = [in_process.mpt(handler.engine, prompt_ids, params, b, rounds) for b in (1, 8)]
+        request = handler.prepare(PROMPT, GenerateParameters(max_new_tokens=size["mpt_tokens"], do_sample=False))
+        results["mpt"] = [in_process.mpt(lambda on_event: handler.submit(request, on_event), b, rounds) for b in (1, 8)]
         handler.close()
     if "instructor" in paths:
         handler = HFInstructorHandler(str(paths["instructor"]))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+from typing import Any, Callable
+
 from mosaic_serving.benchmark.stats import Measurement
-from mosaic_serving.generation import GenerationEngine, SamplingParams
+
+Submit = Callable[[Callable[[Any], None]], Any]  # queues one request; its events go to the callback
 
 
 def repeat_batches(run_batch, batch_size: int, seconds: float) -> Measurement:
@@ -31,14 +34,14 @@ def diffusion(handler, request: dict, batch_size: int, seconds: float) -> Measur
     return repeat_batches(lambda: handler.generate([dict(request)] * batch_size), batch_size, seconds)
 
 
-def mpt(engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams, batch_size: int,
-        rounds: int) -> Measurement:
-    """`rounds` times, `batch_size` copies of one request submitted together to the engine."""
+def mpt(submit: Submit, batch_size: int, rounds: int) -> Measurement:
+    """`rounds` times, `batch_size` copies of one request submitted together (`submit(on_event)`
+    queues one copy in the engine, or the handler, that is measured)."""
     latency, first, inter, tokens = [], [], [], 0
-    generate_round(engine, prompt_ids, params, 1)  # warm-up
+    generate_round(submit, 1)  # warm-up
     start = time.perf_counter()
     for _ in range(rounds):
-        for times, count in generate_round(engine, prompt_ids, params, batch_size):
+        for times, count in generate_round(submit, batch_size):
             latency.append(times[-1])
             first.append(times[0])
             inter.extend(later - earlier for earlier, later in zip(times, times[1:]))
@@ -47,9 +50,7 @@ def mpt(engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams,
     return Measurement("in-process", batch_size, rounds * batch_size, elapsed, tokens, latency, first, inter)
 
 
-def generate_round(
-    engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams, batch_size: int
-) -> list[tuple[list[float], int]]:
+def generate_round(submit: Submit, batch_size: int) -> list[tuple[list[float], int]]:
     """Each request's event times (ms since submission) and generated-token count."""
     results, done = [], threading.Semaphore(0)
     for _ in range(batch_size):
@@ -63,7 +64,7 @@ def generate_round(
                 count[0] = event.num_output_tokens
                 done.release()
 
-        engine.submit(prompt_ids, params, on_event)
+        submit(on_event)
     for _ in range(batch_size):
         done.acquire()
     return [(times, count[0]) for times, count in results]

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     agreement = greedy_agreement(model, engine, tokenizer, prompt_ids, args.new_tokens)
     points = []
     for batch_size in args.batch_sizes:
-        engine_point = in_process.mpt(engine, prompt_ids, params, batch_size, args.rounds)
+        submit = lambda on_event: engine.submit(prompt_ids, params, on_event)  # noqa: E731
+        engine_point = in_process.mpt(submit, batch_size, args.rounds)
         engine_point.mode = "engine"
         generate_point = time_generate(model, prompt_ids, args.new_tokens, batch_size, args.rounds)
         points += [engine_point, generate_point]
