@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mosaic_serving.errors import InvalidRequestError
+from mosaic_serving.handlers.mpt_fields import GenerateParameters
 from mosaic_serving.generation import SamplingParams
 from mosaic_serving.generation.text import IncrementalText
 from mosaic_serving.handlers.mpt import MPTModelHandler
@@ -130,15 +131,27 @@ def test_closing_a_stream_cancels_the_request(handler):
     assert handler.engine.load().running == 0  # long before its 400 tokens
 
 
+LONG = GenerateParameters(max_new_tokens=400, min_new_tokens=400, do_sample=False, eos_token_id=0)
+
+
 def test_a_polled_cancel_flag_cancels_the_request(handler):
     events, seen = queue.Queue(), []
-    prompt_ids = handler.tokenizer(PROMPTS[0])["input_ids"]
-    params = SamplingParams(max_new_tokens=400, min_new_tokens=400, do_sample=False, eos_token_ids=(0,))
-    handler.engine.submit(prompt_ids, params, events.put, is_cancelled=lambda: len(seen) >= 3)
+    handler.submit(handler.prepare(PROMPTS[0], LONG), events.put, is_cancelled=lambda: len(seen) >= 3)
     while not seen or seen[-1].finish_reason is None:
         seen.append(events.get(timeout=10))
     assert seen[-1].finish_reason == "cancelled"
     assert seen[-1].num_output_tokens < 400
+
+
+def test_a_request_aborted_by_its_id_ends_cancelled(handler):
+    events: queue.Queue = queue.Queue()
+    request_id = handler.submit(handler.prepare(PROMPTS[0], LONG), events.put)
+    first = events.get(timeout=10)
+    handler.abort(request_id)
+    last = first
+    while last.finish_reason is None:
+        last = events.get(timeout=10)
+    assert last.finish_reason == "cancelled" and last.num_output_tokens < 400
 
 
 def test_multibyte_characters_are_never_split_across_pieces(handler):
