@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mosaic_serving.coldstarts import cold_start
+from mosaic_serving.coldstarts import cold_start, current_version
 from mosaic_serving.launcher import procfs
-from mosaic_serving.serve import ALL_MODELS, EXIT_PORT_IN_USE, default_model_repository
+from mosaic_serving.serve import ALL_MODELS, EXIT_PORT_IN_USE
 from mosaic_serving.launcher.server import SHM_REGION_PREFIX, free_port
 
 READY_LINE = "Triton is serving"
@@ -132,5 +132,5 @@ def test_a_port_taken_by_any_process_is_named() -> None:
 @pytest.mark.parametrize("start", range(3))
 def test_every_shipped_model_comes_up_start_after_start(start: int, tmp_path: Path) -> None:
     """Cold starts of the whole repository in a row; each must serve every model."""
-    outcome = cold_start(default_model_repository(), list(ALL_MODELS), tmp_path, start)
+    outcome = cold_start(current_version(), list(ALL_MODELS), tmp_path, start)
     assert outcome.ok, outcome.detail

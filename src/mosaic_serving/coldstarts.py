@@ -55,6 +55,11 @@ class Version:
     env: dict[str, str]  # for the server: PATH leads the backend processes to the version's venv
 
 
+def current_version(repository: Path | None = None) -> Version:
+    """This package, serving `repository` (default: the shipped one)."""
+    return Version("current", repository or default_model_repository(), {})
+
+
 def baseline_version(checkout: Path) -> Version:
     """An earlier checkout of this repository with its own `.venv` (an editable install of that
     checkout): its model repository, its backend code."""
@@ -296,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="coldstarts-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     tiny_model_env({})  # build the tiny models before the clock starts
-    versions = [Version("current", args.model_repository, {})]
+    versions = [current_version(args.model_repository)]
     if args.baseline is not None:
         versions.insert(0, baseline_version(args.baseline))
     outcomes: dict[str, list[StartOutcome]] = {version.name: [] for version in versions}
