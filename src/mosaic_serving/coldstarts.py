@@ -40,10 +40,11 @@ from mosaic_serving.launcher.server import LocalTritonServer, ServerStartError
 
 @dataclass
 class StartOutcome:
-    ok: bool
+    ok: bool  # came up and served one request from every model
     seconds: float
     detail: str  # "served all models", or what went wrong
     restarts: int = 0  # starts lost to a missed backend heartbeat and made again
+    came_up: bool = True  # the server was ready, every model loaded (a request may still have failed)
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,18 @@ def cold_start(version: Version, models: list[str], log_dir: Path, index: int,
     began = time.monotonic()
     server = LocalTritonServer(version.repository, models=models, env={**tiny_model_env({}), **version.env}, log_file=log_file,
                                startup_timeout=startup_timeout, restart_crashed_models=False)
+    came_up = False
     try:
         server.start()
+        came_up = True
         serve_one_request_each(server, models)
     except (ServerStartError, Exception) as error:  # noqa: BLE001 - every failure is an outcome
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         aborted = "lock_exception" in log_file.read_text(errors="replace") if log_file.exists() else False
+        where = "first requests" if came_up else "start"
         return StartOutcome(False, time.monotonic() - began,
-                            f"{first_line}{' [boost lock_exception]' if aborted else ''} (log: {log_file})",
-                            server.heartbeat_restarts)
+                            f"{where}: {first_line}{' [boost lock_exception]' if aborted else ''} (log: {log_file})",
+                            server.heartbeat_restarts, came_up)
     finally:
         server.stop()
     seconds = time.monotonic() - began
@@ -287,10 +291,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _summary(name: str, outcomes: list[StartOutcome]) -> str:
-    up = sum(outcome.ok for outcome in outcomes)
+    up = sum(outcome.came_up for outcome in outcomes)
+    served = sum(outcome.ok for outcome in outcomes)
     restarts = sum(outcome.restarts for outcome in outcomes)
-    lines = [f"{name}: {up} of {len(outcomes)} came up and served every model"
-             f" ({restarts} starts lost to a missed heartbeat were made again)"]
+    lines = [f"{name}: {up} of {len(outcomes)} came up, {served} of {len(outcomes)} also served a first request "
+             f"from every model ({restarts} starts lost to a missed heartbeat were made again)"]
     failures = Counter(outcome.detail.split(" (log:")[0] for outcome in outcomes if not outcome.ok)
     lines += [f"  {count} x {detail}" for detail, count in failures.most_common()]
     return "\n".join(lines)
