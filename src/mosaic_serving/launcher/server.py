@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from mosaic_serving.launcher import procfs
 from mosaic_serving.launcher.children import spawn_tied
@@ -374,7 +374,7 @@ class LocalTritonServer:
                     if self.exit_on_error:
                         raise ServerStartError(f"model '{model}' failed to load: {reason}")
 
-    def _wait_until(self, condition, deadline: float) -> None:
+    def _wait_until(self, condition: Callable[[], bool], deadline: float) -> None:
         """Poll `condition` while the server runs; ServerStartError when it exits or time is up."""
         assert self.process is not None
         while not (self.process.poll() is None and condition()):

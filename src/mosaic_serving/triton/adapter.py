@@ -10,8 +10,8 @@ Two ways to execute:
   request gets an error.
 - decoupled models (streaming) send their responses themselves, through each request's
   `responses.ResponseStream`, see `models/mpt.py` and `models/custom.py`.
-Errors become responses: InvalidRequestError is INVALID_ARGUMENT, OverloadedError (a full
-queue) UNAVAILABLE, anything else INTERNAL.
+Errors become responses: InvalidRequestError is INVALID_ARGUMENT, UnavailableError (a full
+queue, a failed load) UNAVAILABLE, anything else INTERNAL.
 
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any

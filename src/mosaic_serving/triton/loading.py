@@ -1,8 +1,8 @@
 """A model's handler built on a thread of its own, so that `initialize` returns at once.
 
 Triton 2.51's Python backend waits for a backend process in 1-second windows (while it
-imports the model, runs `auto_complete_config`, `initialize` and each `execute`) and kills
-the process when a window passes with no sign of life from it. A node short of CPU or memory
+imports the model and runs `initialize`, and for each `execute`) and kills the process when
+a window passes with no sign of life from it. A node short of CPU or memory
 can stall a process that long while it imports torch and loads weights, and tearing that
 process down then aborts the whole server (an uncaught boost::interprocess::lock_exception).
 So the Triton models import nothing heavy at module level, `initialize` only reads the
