@@ -22,7 +22,6 @@ from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.params import REQUIRED, SEED, Field, Rule, finite_at_least, in_range, parse_fields
 
 
-
 @dataclass(frozen=True)
 class ImageRequest:
     """A validated request, its prompts already repeated once per image to generate."""

@@ -86,12 +86,15 @@ def mosaicml_parameters(values: Mapping[str, Any]) -> ParameterSource:
     return ParameterSource(values, "parameter", GENERATE_FIELDS)
 
 
-def parse_generate_parameters(sources: Iterable[ParameterSource]) -> GenerateParameters:
+def parse_generate_parameters(sources: Iterable[ParameterSource],
+                              checked: Mapping[str, Any] | None = None) -> GenerateParameters:
     """The sources' parameters merged, a later source winning; InvalidRequestError naming the
-    field (under its client's name) for a wrong type, value or name."""
+    field (under its client's name) for a wrong type, value or name. `checked` holds values
+    already read with CLIENT_FIELDS (the tensors, by their TensorFields): merged last, as
+    they are."""
     merged: dict[str, Any] = {}
-    for source in sources:
-        given = parse_fields(source.values, source.accepted, source.where, source.from_string)
+    layers = [parse_fields(source.values, source.accepted, source.where, source.from_string) for source in sources]
+    for given in (*layers, checked or {}):
         for name, value in given.items():
             merged[ALIASES.get(name, name)] = value
     if "stop" in merged:

@@ -73,12 +73,12 @@ OUTPUTS = [
 def generate_parameters(row: dict[str, Any]) -> GenerateParameters:
     """The request's generate parameters from its tensors. Precedence, lowest first: the
     `parameters` JSON (MosaicML's names), `sampling_parameters` (vLLM's names and aliases,
-    values possibly strings), explicit tensors."""
-    return parse_generate_parameters([
-        mosaicml_parameters(_json_object(row, "parameters")),
-        ParameterSource(_json_object(row, "sampling_parameters"), "sampling_parameters field", CLIENT_FIELDS, True),
-        ParameterSource({name: row[name] for name in _PARAMETER_TENSORS if name in row}, "input tensor", CLIENT_FIELDS),
-    ])
+    values possibly strings), explicit tensors (already checked when the row was read)."""
+    return parse_generate_parameters(
+        [mosaicml_parameters(_json_object(row, "parameters")),
+         ParameterSource(_json_object(row, "sampling_parameters"), "sampling_parameters field", CLIENT_FIELDS, True)],
+        checked={name: row[name] for name in _PARAMETER_TENSORS if name in row},
+    )
 
 
 def _json_object(row: dict[str, Any], name: str) -> dict[str, Any]:
