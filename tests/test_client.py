@@ -36,7 +36,7 @@ from test_client_support import (
     PROTOCOLS,
     FlakyProxy,
     closed_url,
-    EngineProbe,
+    EngineWatch,
     assert_same_images,
     for_test_server,
     readme_client_blocks,
@@ -176,14 +176,19 @@ def test_closed_port_is_server_unavailable(protocol):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_timeout_raises_and_cancels_the_request(server, protocol):
+    """Over HTTP, Triton cancels a request its client left only on a stream's next piece: a
+    whole generation runs to its end (see the README), so only gRPC's is cancelled."""
     url = url_for(server, protocol)
-    probe = EngineProbe(url, protocol)
+    watch = EngineWatch(server)
     with Client(url, protocol, timeout=0.02) as client:
         began = time.monotonic()
         with pytest.raises(RequestTimeoutError):
             client.generate(PROMPT, **LONG)
         assert time.monotonic() - began < 1.0
-        probe.assert_free()
+    if protocol == "grpc":
+        watch.assert_cancelled(1)
+    else:
+        watch.assert_finished(1)
 
 
 def test_idempotent_calls_retry_until_the_server_answers(server):
@@ -253,18 +258,19 @@ def _running_streams(client: Client, how: str) -> Iterator[None]:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_leaving_a_stream_early_stops_its_generation(server, protocol, how):
     url = url_for(server, protocol)
-    probe = EngineProbe(url, protocol)
+    watch = EngineWatch(server)
     with Client(url, protocol, timeout=60) as client:
         with _running_streams(client, how):
             pass
-        probe.assert_free()
+        watch.assert_cancelled(ENGINE_SLOTS)
 
 
-def test_the_probe_notices_streams_that_are_still_generating(server):
-    """Control for the test above: while the streams run, the engine is full."""
-    probe = EngineProbe(server.grpc_url, "grpc")
+def test_streams_run_in_the_engine_until_their_client_leaves(server):
+    """Control for the test above: while the client reads, every stream decodes."""
+    watch = EngineWatch(server)
     with Client(server.grpc_url, timeout=60) as client, _running_streams(client, "break"):
-        probe.assert_full()
+        watch.assert_running(ENGINE_SLOTS)
+    watch.assert_cancelled(ENGINE_SLOTS)
 
 
 # ---- packaging and documentation --------------------------------------------------------------

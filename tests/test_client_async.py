@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from mosaic_client import AsyncClient, Client
-from test_client_support import ENGINE_SLOTS, GREEDY, LONG, PROMPT, PROTOCOLS, EngineProbe, url_for
+from test_client_support import ENGINE_SLOTS, GREEDY, LONG, PROMPT, PROTOCOLS, EngineWatch, url_for
 
 
 SHORT = {"max_new_tokens": 16, **GREEDY}
@@ -94,12 +94,12 @@ async def _leave_streams(client: AsyncClient, how: str) -> None:
 @pytest.mark.parametrize("how", ["break", "cancel"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_breaking_or_cancelling_stops_generation_on_the_server(server, protocol, how):
-    probe = EngineProbe(url_for(server, protocol), protocol)
+    watch = EngineWatch(server)
 
     async def run() -> None:
         async with AsyncClient(url_for(server, protocol), protocol) as client:
             await _leave_streams(client, how)
-            await asyncio.to_thread(probe.assert_free)  # this loop runs on meanwhile
+            await asyncio.to_thread(watch.assert_cancelled, ENGINE_SLOTS)  # this loop runs on meanwhile
 
     asyncio.run(run())
 

@@ -1,10 +1,11 @@
 """Shared helpers for tests/test_client*.py (this module holds no tests).
 
-Cancellation is observed on the server: the `mpt` engine decodes at most MPT_MAX_BATCH_SIZE
-rows at once (32 by default; the test server inherits our environment). We start that many
-long generations, leave them early, then time a short probe request. If the server kept
-generating for requests its client left, every slot stays taken and the probe waits seconds
-for one to free up (~5 s here); if it cancelled them, the probe is admitted at once (~20 ms).
+Cancellation is observed on the server, in `mpt`'s metrics: a client starts long generations
+(LONG: 500 tokens, which no request finishes within the test's few milliseconds), leaves
+them early, and `mpt_requests_total` must count each as cancelled (none finished at its
+length) while `mpt_running_requests` and `mpt_waiting_requests` fall back to 0. The engine
+decodes at most MPT_MAX_BATCH_SIZE rows at once (32 by default; the test server inherits
+our environment), so that many streams fill it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from PIL import Image
 
 from mosaic_client import Client
 from mosaic_serving.launcher.server import free_port
+from reliability import metric, wait_for
 
 PROTOCOLS = ("grpc", "http")
 PROMPT = "Hello world"
 GREEDY = {"do_sample": False}
 ENGINE_SLOTS = int(os.environ.get("MPT_MAX_BATCH_SIZE", "32"))
-# ~5 s for a full batch of the tiny model (context 512): sampling rows decode slower than
-# greedy ones, and min_new_tokens rules out an early end.
+# long enough that no request ends by itself while a test leaves it (context 512);
+# min_new_tokens rules out an early end.
 LONG = {"max_new_tokens": 500, "min_new_tokens": 500, "do_sample": True, "top_k": 50, "seed": 1}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -55,31 +57,40 @@ def closed_url() -> str:
     return f"localhost:{free_port()}"
 
 
-class EngineProbe:
-    """Times a 2-token generation, which is long only while the engine's batch is full.
+class EngineWatch:
+    """What `mpt`'s engine does with the requests a client leaves, from the server's metrics.
 
-    The limit is 10 x the fastest of 3 probes at creation (the engine must be free then), at
-    least 2 s, so that one slow probe on a loaded machine does not skew it. Probe while the client that left
-    the streams is still open: closing it closes its connections, which cancels anyway.
-    """
+    Create it before the requests start (and while no other request runs)."""
 
-    def __init__(self, url: str, protocol: str):
-        self.url, self.protocol = url, protocol
-        self.limit = max(2.0, 10 * min(self.seconds() for _ in range(3)))
+    def __init__(self, server):
+        self.server = server
+        self.before = self._ended()
 
-    def seconds(self) -> float:
-        with Client(self.url, self.protocol, timeout=120) as probe:
-            began = time.monotonic()
-            assert probe.generate("abc", max_new_tokens=2, **GREEDY).num_output_tokens == 2
-            return time.monotonic() - began
+    def _ended(self) -> tuple[float, float]:
+        """Requests ended so far: (cancelled, finished at their length)."""
+        return tuple(metric(self.server, "mpt_requests_total", model="mpt", finish_reason=reason)
+                     for reason in ("cancelled", "length"))
 
-    def assert_free(self) -> None:
-        seconds = self.seconds()
-        assert seconds < self.limit, f"a 2-token request took {seconds:.2f} s: left streams still generate"
+    def _in_engine(self) -> float:
+        return sum(metric(self.server, name, model="mpt") for name in ("mpt_running_requests", "mpt_waiting_requests"))
 
-    def assert_full(self) -> None:
-        seconds = self.seconds()
-        assert seconds > self.limit, f"a 2-token request took {seconds:.2f} s: the engine had a free slot"
+    def assert_running(self, count: int) -> None:
+        running = metric(self.server, "mpt_running_requests", model="mpt")
+        assert running == count, f"{running} requests decoding, expected {count}"
+
+    def assert_cancelled(self, count: int) -> None:
+        """`count` requests ended as cancelled, none at its length, and the engine is empty."""
+        self._assert_ended(cancelled=count, finished=0)
+
+    def assert_finished(self, count: int) -> None:
+        """`count` requests ran to their length, none was cancelled, and the engine is empty."""
+        self._assert_ended(cancelled=0, finished=count)
+
+    def _assert_ended(self, cancelled: int, finished: int) -> None:
+        wait_for(lambda: self._in_engine() == 0 and sum(self._ended()) - sum(self.before) >= cancelled + finished,
+                 timeout=60)
+        ended = tuple(now - then for now, then in zip(self._ended(), self.before))
+        assert ended == (cancelled, finished), f"(cancelled, finished) = {ended}, expected {(cancelled, finished)}"
 
 
 class FlakyProxy:

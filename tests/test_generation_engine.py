@@ -62,19 +62,24 @@ def exact(new_tokens: int, **extra) -> SamplingParams:
     return SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, **extra)
 
 
-@pytest.mark.parametrize("compile_mode", ["none", "prepack", "freeze"])
+@pytest.mark.parametrize("compile_mode", ["none", "prepack", "auto", "freeze"])
 def test_greedy_requests_joining_mid_stream_equal_generate(tiny, compile_mode):
     """Different prompt lengths and lengths of output, each joining while others decode;
-    "prepack" runs oneDNN's packed kernels, "freeze" the compiled decode step (inductor)."""
+    "prepack" runs oneDNN's packed kernels, "auto" (on the CPU: inductor over dynamic shapes)
+    and "freeze" the compiled decode step. Dynamic shapes compile nothing after the load,
+    though the rows and the cache columns a step reads change."""
     model, tokenizer = tiny
     engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode=compile_mode)
     try:
         step = engine.runner.step
-        assert step.fallback_reason is None and step.compiled == (compile_mode == "freeze")
-        lengths = [40, 25, 33]
+        assert step.fallback_reason is None and step.compiled == (compile_mode in ("auto", "freeze"))
+        graphs_at_load = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        lengths = [70, 25, 33]  # the first crosses into a second block of cache columns
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
         assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
         assert engine.decoded.rows > engine.decoded.steps  # rows shared steps
+        if step.dynamic:
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_at_load
     finally:
         engine.close()
 

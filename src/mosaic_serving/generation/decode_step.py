@@ -9,13 +9,17 @@ Modes (`compile_mode`):
   (on the CPU: oneDNN-prepacked matrices). Every compiled shape holds its own copy of the
   weights: on the 85M-parameter MPT with 32 slots the (slot x column) buckets grew one
   process to 8.7 GB until the kernel killed it, so this is not a default anywhere.
-- "default": plain inductor.
+- "default": plain inductor. On the CPU with dynamic shapes and inductor's C++ wrapper: one
+  graph for a single row and one for any other number of rows and cache columns (no
+  buckets, no throw-away rows), its pointwise work fused into C++ loops and no Python
+  between the kernels; the matrices stay transformers' own (no copy).
 - "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
   (what freezing gives), and every step, prefill included, uses them whatever its shape.
-- "auto": "reduce-overhead" on CUDA, "none" on the CPU (see the README's measurements).
+- "auto": "reduce-overhead" on CUDA, "default" on the CPU (see the README's measurements).
 
-Compiling is paid at load: `warm_up` runs every batch-slot bucket once. If compiling or a
-compiled step fails, the step falls back to eager for good and says why in `fallback_reason`.
+Compiling is paid at load: `warm_up` runs every shape that needs a graph of its own once.
+If compiling or a compiled step fails, the step falls back to eager for good and says why
+in `fallback_reason`.
 """
 
 from __future__ import annotations
@@ -35,16 +39,20 @@ def resolve_mode(mode: str | None, device: torch.device) -> str:
     if mode not in MODES:
         raise ValueError(f"compile_mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "auto":
-        return "reduce-overhead" if device.type == "cuda" else "none"
+        return "reduce-overhead" if device.type == "cuda" else "default"
     return mode
 
 
 class DecodeStep:
-    """Calls `decoder.decode(tokens, positions, columns)`, compiled when asked and possible."""
+    """Calls `decoder.decode(tokens, positions, columns)`, compiled when asked and possible
+    (compiled: `decode_columns`, which takes the columns as a tensor's shape)."""
 
     def __init__(self, decoder, compile_mode: str | None = "auto"):
         self.decoder = decoder
-        self.mode = resolve_mode(compile_mode, decoder.wte.weight.device)
+        self.device = decoder.wte.weight.device
+        self.mode = resolve_mode(compile_mode, self.device)
+        # one graph covers every shape (CPU "default"), rather than one per bucket of shapes
+        self.dynamic = self.mode == "default" and self.device.type == "cpu"
         self.fallback_reason: str | None = None
         self._compiled = None
         if self.mode == "prepack":
@@ -57,30 +65,43 @@ class DecodeStep:
         return self._compiled is not None
 
     def rows_for(self, span: int) -> int:
-        """Rows a step runs for `span` slots: exact in eager mode, a power of 2 when compiled
-        (so only a few shapes are ever compiled), never more than the cache has."""
-        if not self.compiled:
+        """Rows a step runs for `span` slots: exact in eager mode and over dynamic shapes, a
+        power of 2 when compiled per shape (so only a few shapes are ever compiled), never
+        more than the cache has."""
+        if not self.compiled or self.dynamic:
             return span
         return min(self.decoder.cache.slots, 1 << max(span - 1, 0).bit_length())
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: int) -> torch.Tensor:
         if self._compiled is not None:
             try:
-                return self._compiled(tokens, positions, columns)
+                return self._compiled(tokens, positions, self.decoder.column_index[:columns])
             except Exception as error:  # noqa: BLE001 - serve on, eagerly
                 self._fall_back(error)
         return self.decoder.decode(tokens, positions, columns)
 
     def warm_up(self) -> None:
-        """Compile every batch-slot bucket now (at load), on throw-away rows of free slots."""
+        """Compile every graph now (at load), on throw-away rows of free slots."""
         if self._compiled is None:
             return
-        rows, device = 1, self.decoder.wte.weight.device
-        while self._compiled is not None:
-            zeros = torch.zeros(rows, dtype=torch.long, device=device)
-            self(zeros, zeros, self.decoder.columns_for(1))
-            if rows >= self.decoder.cache.slots:
-                break
+        for rows, columns in self._warm_up_shapes():
+            # two tensors, as in serving: one passed twice would be compiled as an alias
+            tokens, positions = (torch.zeros(rows, dtype=torch.long, device=self.device) for _ in range(2))
+            self(tokens, positions, columns)
+            if self._compiled is None:
+                return
+
+    def _warm_up_shapes(self) -> list[tuple[int, int]]:
+        slots, first_columns = self.decoder.cache.slots, self.decoder.columns_for(1)
+        if self.dynamic:
+            # a single row is specialised; the cache's last column bucket is a bound of its own
+            columns = sorted({first_columns, self.decoder.columns_for(self.decoder.max_len)})
+            return [(rows, c) for rows in sorted({1, min(2, slots)}) for c in columns]
+        buckets, rows = [], 1
+        while True:
+            buckets.append((rows, first_columns))
+            if rows >= slots:
+                return buckets
             rows = self.rows_for(rows + 1)
 
     def _compile(self):
@@ -90,10 +111,12 @@ class DecodeStep:
                 setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
         try:
             if self.mode == "freeze":
-                return torch.compile(self.decoder.decode, options={"freezing": True})
+                return torch.compile(self.decoder.decode_columns, options={"freezing": True})
             if self.mode == "reduce-overhead":
-                return torch.compile(self.decoder.decode, mode="reduce-overhead", dynamic=False)
-            return torch.compile(self.decoder.decode)
+                return torch.compile(self.decoder.decode_columns, mode="reduce-overhead", dynamic=False)
+            if self.dynamic:
+                return torch.compile(self.decoder.decode_columns, dynamic=True, options={"cpp_wrapper": True})
+            return torch.compile(self.decoder.decode_columns)
         except Exception as error:  # noqa: BLE001 - e.g. no compiler toolchain
             self._fall_back(error)
             return None

@@ -99,17 +99,19 @@ class GenerationEngine:
         """The engine thread: build the runner and compile (at load, not at the first request),
         then serve. The model runs on this thread only: once one thread has run CPU kernels,
         torch's OpenMP pool slows the same kernels on any other thread by about 40% (measured
-        here), so warming up on the caller's thread would slow every decode step."""
-        try:
-            self.runner = make_runner(self.model, self.max_batch_size, compile_mode)
-            if hasattr(self.runner, "step"):
-                self.runner.step.warm_up()
-        except BaseException as error:  # noqa: BLE001 - re-raised on the constructing thread
-            self._start_error = error
-            return
-        finally:
-            self._started.set()
-        self._loop()
+        here), so warming up on the caller's thread would slow every decode step. Warming up
+        runs in inference mode, as serving does: a graph compiled outside it would not be used."""
+        with torch.inference_mode():
+            try:
+                self.runner = make_runner(self.model, self.max_batch_size, compile_mode)
+                if hasattr(self.runner, "step"):
+                    self.runner.step.warm_up()
+            except BaseException as error:  # noqa: BLE001 - re-raised on the constructing thread
+                self._start_error = error
+                return
+            finally:
+                self._started.set()
+            self._loop()
 
     # ---- public API -------------------------------------------------------------------
 
@@ -167,20 +169,19 @@ class GenerationEngine:
     # ---- the engine thread --------------------------------------------------------------
 
     def _loop(self) -> None:
-        with torch.inference_mode():
-            while self._running or self.scheduler.wait_for_work():
-                admitted: list[Request] = []
-                try:
-                    admitted = self._admit()
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._running:
-                        self._decode()
-                except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
-                    self._fail_all(admitted + self._running, error)
-                self._report_load()
-                if self.scheduler.closed:
-                    break
+        while self._running or self.scheduler.wait_for_work():
+            admitted: list[Request] = []
+            try:
+                admitted = self._admit()
+                if admitted:
+                    self._prefill(admitted)
+                if self._running:
+                    self._decode()
+            except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
+                self._fail_all(admitted + self._running, error)
+            self._report_load()
+            if self.scheduler.closed:
+                break
         self._finish_all_cancelled()
 
     def _admit(self) -> list[Request]:

@@ -69,6 +69,7 @@ class MptDecoder(nn.Module):
         self.register_buffer("slopes", slopes.to(weight.dtype).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("alibi_table", (slopes.view(1, -1, 1, 1) * torch.arange(self.max_len, device=weight.device)
                                              ).to(weight.dtype), persistent=False)
+        self.register_buffer("column_index", torch.arange(self.max_len, device=weight.device), persistent=False)
         self.cache = SlotKVCache(config.n_layers, slots, self.heads, self.max_len, self.head_dim, weight.dtype,
                                  weight.device)
         self._packed: dict[nn.Linear, torch.Tensor] = {}  # oneDNN-prepacked weights (CPU), see prepack()
@@ -108,12 +109,17 @@ class MptDecoder(nn.Module):
 
         tokens, positions: (rows,). Returns logits (rows, vocab).
         """
-        rows = tokens.shape[0]
+        return self.decode_columns(tokens, positions, self.column_index[:columns])
+
+    def decode_columns(self, tokens: torch.Tensor, positions: torch.Tensor, key_columns: torch.Tensor) -> torch.Tensor:
+        """`decode` over the cache columns numbered in `key_columns` (0..columns-1): a tensor, so
+        that a compiled step sees their number as a shape, which can stay dynamic, where an
+        int would be compiled in as a constant."""
+        rows, columns = tokens.shape[0], key_columns.shape[0]
         slots = torch.arange(rows, device=tokens.device)
-        key_columns = torch.arange(columns, device=tokens.device).view(1, 1, 1, -1)
         query_positions = positions.view(-1, 1, 1, 1)
         bias = self.alibi_table[:, :, :, :columns] - self.slopes * query_positions
-        bias = bias.masked_fill(key_columns > query_positions, float("-inf"))
+        bias = bias.masked_fill(key_columns.view(1, 1, 1, -1) > query_positions, float("-inf"))
         hidden = self.wte(tokens).unsqueeze(1)
         for layer, block in enumerate(self.blocks):
             q, k, v = self._qkv(block, hidden)
