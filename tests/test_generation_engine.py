@@ -18,6 +18,7 @@ from mosaic_serving.generation.runner import MptRunner, TransformersRunner
 from mosaic_serving.generation.sampling import BatchSampler, RowSampler
 from mosaic_serving.generation.scheduler import Scheduler
 from mosaic_serving.generation.text import IncrementalText
+from mosaic_serving.tiny_models import mpt as tiny_mpt
 
 PROMPTS = ["Hello café 東京", "The quick brown fox jumps over the lazy dog", "def fibonacci(n):"]
 TIMEOUT = 60
@@ -73,13 +74,31 @@ def test_greedy_requests_joining_mid_stream_equal_generate(tiny, compile_mode):
     try:
         step = engine.runner.step
         assert step.fallback_reason is None and step.compiled == (compile_mode in ("auto", "freeze"))
-        graphs_at_load = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        lengths = [70, 25, 33]  # the first crosses into a second block of cache columns
+        lengths = [40, 25, 33]
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
         assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
         assert engine.decoded.rows > engine.decoded.steps  # rows shared steps
-        if step.dynamic:
-            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_at_load
+    finally:
+        engine.close()
+
+
+def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path):
+    """On the CPU, "auto" compiles at load the graphs every later step uses, whatever its rows
+    and cache columns. The head size here (64) equals a block of cache columns, as in
+    mosaicml/mpt-7b's family, which torch would otherwise fix as one size."""
+    tiny_mpt.build(tmp_path, d_model=128, n_heads=2)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    tokenizer = tiny[1]
+    engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode="auto")
+    try:
+        step = engine.runner.step
+        assert step.dynamic and step.fallback_reason is None
+        graphs_at_load = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        lengths = [140, 25, 70]  # up to a third block of 64 cache columns, 1 to 3 rows
+        texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
+        assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_at_load
+        assert step.fallback_reason is None
     finally:
         engine.close()
 

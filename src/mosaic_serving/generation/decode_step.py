@@ -9,10 +9,10 @@ Modes (`compile_mode`):
   (on the CPU: oneDNN-prepacked matrices). Every compiled shape holds its own copy of the
   weights: on the 85M-parameter MPT with 32 slots the (slot x column) buckets grew one
   process to 8.7 GB until the kernel killed it, so this is not a default anywhere.
-- "default": plain inductor. On the CPU with dynamic shapes and inductor's C++ wrapper: one
-  graph for a single row and one for any other number of rows and cache columns (no
-  buckets, no throw-away rows), its pointwise work fused into C++ loops and no Python
-  between the kernels; the matrices stay transformers' own (no copy).
+- "default": plain inductor. On the CPU with inductor's C++ wrapper and the rows and cache
+  columns as dynamic sizes: four graphs in all (one row or more; the cache's last block of
+  columns or not), no buckets, no throw-away rows; the pointwise work is fused into C++
+  loops, no Python runs between the kernels, and the matrices stay transformers' own.
 - "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
   (what freezing gives), and every step, prefill included, uses them whatever its shape.
 - "auto": "reduce-overhead" on CUDA, "default" on the CPU (see the README's measurements).
@@ -74,8 +74,11 @@ class DecodeStep:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: int) -> torch.Tensor:
         if self._compiled is not None:
+            key_columns = self.decoder.column_index[:columns]
+            if self.dynamic:
+                _mark_dynamic(tokens, positions, key_columns, self.decoder.max_len)
             try:
-                return self._compiled(tokens, positions, self.decoder.column_index[:columns])
+                return self._compiled(tokens, positions, key_columns)
             except Exception as error:  # noqa: BLE001 - serve on, eagerly
                 self._fall_back(error)
         return self.decoder.decode(tokens, positions, columns)
@@ -114,8 +117,8 @@ class DecodeStep:
                 return torch.compile(self.decoder.decode_columns, options={"freezing": True})
             if self.mode == "reduce-overhead":
                 return torch.compile(self.decoder.decode_columns, mode="reduce-overhead", dynamic=False)
-            if self.dynamic:
-                return torch.compile(self.decoder.decode_columns, dynamic=True, options={"cpp_wrapper": True})
+            if self.dynamic:  # dynamic where marked (_mark_dynamic), static elsewhere
+                return torch.compile(self.decoder.decode_columns, options={"cpp_wrapper": True})
             return torch.compile(self.decoder.decode_columns)
         except Exception as error:  # noqa: BLE001 - e.g. no compiler toolchain
             self._fall_back(error)
@@ -133,3 +136,16 @@ class DecodeStep:
         self.fallback_reason = f"compile_mode {self.mode!r} not possible, decoding eagerly: {type(error).__name__}: {error}"
         log.warning(self.fallback_reason)
         self._compiled = None
+
+
+def _mark_dynamic(tokens: torch.Tensor, positions: torch.Tensor, key_columns: torch.Tensor, max_len: int) -> None:
+    """The rows and the cache columns of a step are sizes a compiled graph takes as they come;
+    every other size (weights, cache) is compiled in. Only these are marked, because sizes
+    that are equal when a graph is traced would otherwise be taken for one (the columns for
+    the head size, say), fixing both. One row, and the whole cache (a slice that is the whole
+    tensor), stay graphs of their own: torch specialises those."""
+    if key_columns.shape[0] < max_len:
+        torch._dynamo.mark_dynamic(key_columns, 0)
+    if tokens.shape[0] > 1:
+        torch._dynamo.mark_dynamic(tokens, 0)
+        torch._dynamo.mark_dynamic(positions, 0)
