@@ -69,7 +69,8 @@ def baselines(size: dict, paths: dict[str, Path]) -> dict[str, list]:
 
     results: dict[str, list] = {}
     if "mpt" in paths:
-        handler = MPTModelHandler(str(paths["mpt"]))
+        # the served model's compile mode (config.pbtxt reads the same variable)
+        handler = MPTModelHandler(str(paths["mpt"]), compile_mode=os.environ.get("MPT_COMPILE_MODE", "auto"))
         rounds = max(2, size["requests"]["mpt"] // 8)
         request = handler.prepare(PROMPT, GenerateParameters(max_new_tokens=size["mpt_tokens"], do_sample=False))
         results["mpt"] = [in_process.mpt(lambda on_event: handler.submit(request, on_event), b, rounds) for b in (1, 8)]
