@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from mosaic_client import AsyncClient, Client
-from test_client_support import ENGINE_SLOTS, GREEDY, LONG, PROMPT, PROTOCOLS, EngineWatch, url_for
+from test_client_support import STREAMS, GREEDY, LONG, PROMPT, PROTOCOLS, EngineWatch, url_for
 
 
 SHORT = {"max_new_tokens": 16, **GREEDY}
@@ -73,8 +73,8 @@ class _Gate:
 
 
 async def _leave_streams(client: AsyncClient, how: str) -> None:
-    """ENGINE_SLOTS long streams at once; all leave (`how`) once all have a first piece."""
-    gate = _Gate(ENGINE_SLOTS + 1)
+    """STREAMS long streams at once; all leave (`how`) once all have a first piece."""
+    gate = _Gate(STREAMS + 1)
 
     async def consume() -> None:
         async for _ in client.stream(PROMPT, **LONG):
@@ -83,7 +83,7 @@ async def _leave_streams(client: AsyncClient, how: str) -> None:
                 break
             await asyncio.sleep(3600)  # until cancelled
 
-    tasks = [asyncio.ensure_future(consume()) for _ in range(ENGINE_SLOTS)]
+    tasks = [asyncio.ensure_future(consume()) for _ in range(STREAMS)]
     await asyncio.wait_for(gate.arrive(), 60)
     if how == "cancel":
         for task in tasks:
@@ -99,7 +99,7 @@ def test_breaking_or_cancelling_stops_generation_on_the_server(server, protocol,
     async def run() -> None:
         async with AsyncClient(url_for(server, protocol), protocol) as client:
             await _leave_streams(client, how)
-            await asyncio.to_thread(watch.assert_cancelled, ENGINE_SLOTS)  # this loop runs on meanwhile
+            await asyncio.to_thread(watch.assert_cancelled, STREAMS)  # this loop runs on meanwhile
 
     asyncio.run(run())
 

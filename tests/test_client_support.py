@@ -1,17 +1,16 @@
 """Shared helpers for tests/test_client*.py (this module holds no tests).
 
-Cancellation is observed on the server, in `mpt`'s metrics: a client starts long generations
-(LONG: 500 tokens, which no request finishes within the test's few milliseconds), leaves
-them early, and `mpt_requests_total` must count each as cancelled (none finished at its
-length) while `mpt_running_requests` and `mpt_waiting_requests` fall back to 0. The engine
-decodes at most MPT_MAX_BATCH_SIZE rows at once (32 by default; the test server inherits
-our environment), so that many streams fill it.
+Cancellation is observed on the server, in `mpt`'s metrics: a client starts a few long
+generations (LONG: 2000 tokens, seconds even for the compiled tiny model), leaves
+them once each has its first piece, and `mpt_requests_total` must count each as cancelled
+(none finished at its length) while `mpt_running_requests` and `mpt_waiting_requests` fall
+back to 0. Few streams, so that all have their first piece within milliseconds of each other
+and none can finish before the client leaves.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import socket
 import threading
@@ -21,17 +20,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mosaic_client import Client
 from mosaic_serving.launcher.server import free_port
 from reliability import metric, wait_for
 
 PROTOCOLS = ("grpc", "http")
 PROMPT = "Hello world"
 GREEDY = {"do_sample": False}
-ENGINE_SLOTS = int(os.environ.get("MPT_MAX_BATCH_SIZE", "32"))
-# long enough that no request ends by itself while a test leaves it (context 512);
-# min_new_tokens rules out an early end.
-LONG = {"max_new_tokens": 500, "min_new_tokens": 500, "do_sample": True, "top_k": 50, "seed": 1}
+STREAMS = 4  # long streams a cancellation test starts and leaves
+# long enough that no request ends by itself while a test leaves it (the tiny MPT's context is
+# 2048); min_new_tokens rules out an early end.
+LONG = {"max_new_tokens": 2000, "min_new_tokens": 2000, "do_sample": True, "top_k": 50, "seed": 1}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -182,12 +182,12 @@ def test_images_are_pngs_of_the_asked_size(oai, direct):
 
 
 # ---- cancellation ------------------------------------------------------------------------------
-# 48 choices of 400 tokens (the tiny MPT's context is 512), more than the 32 batch slots: the
-# last 16 wait until the first 32 have decoded 400 steps, so the client, which leaves as soon
+# 48 choices of 1600 tokens (the tiny MPT's context is 2048), more than the 32 batch slots: the
+# last 16 wait until the first 32 have decoded 1600 steps, so the client, which leaves as soon
 # as the first ones run, always leaves before all are done. Each choice must then end
 # cancelled, unless it had already finished, and the batch and queue must empty.
 CHOICES = 48
-LONG = {"max_tokens": 400, "min_tokens": 400, "temperature": 0, "n": CHOICES}
+LONG = {"max_tokens": 1600, "min_tokens": 1600, "temperature": 0, "n": CHOICES}
 
 
 def running(server) -> float:

@@ -120,7 +120,7 @@ def test_each_request_in_a_batch_keeps_its_own_parameters(handler):
 def test_closing_a_stream_cancels_the_request(handler):
     """Closing the stream aborts the request by id: it leaves the batch before its next step."""
     prompt_ids = handler.tokenizer(PROMPTS[0])["input_ids"]
-    stream = handler.engine.stream(prompt_ids, SamplingParams(max_new_tokens=400, min_new_tokens=400,
+    stream = handler.engine.stream(prompt_ids, SamplingParams(max_new_tokens=1600, min_new_tokens=1600,
                                                               do_sample=False, eos_token_ids=(0,)))
     for _ in range(3):
         next(stream)
@@ -128,10 +128,10 @@ def test_closing_a_stream_cancels_the_request(handler):
     deadline = time.monotonic() + 10
     while handler.engine.load().running and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert handler.engine.load().running == 0  # long before its 400 tokens
+    assert handler.engine.load().running == 0  # long before its 1600 tokens
 
 
-LONG = GenerateParameters(max_new_tokens=400, min_new_tokens=400, do_sample=False, eos_token_id=0)
+LONG = GenerateParameters(max_new_tokens=1600, min_new_tokens=1600, do_sample=False, eos_token_id=0)
 
 
 def test_a_polled_cancel_flag_cancels_the_request(handler):

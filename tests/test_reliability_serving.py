@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from helpers import grpc_stream, http_generate, tensor, text
 from reliability import limited_server, metric, stub_pids, thread_count, wait_for
 
-LONG = 400  # tokens: far more than a test waits for, so only cancellation ends these early
+LONG = 1600  # tokens: far more than a test waits for, so only cancellation ends these early
 
 
 @pytest.fixture(scope="module")

@@ -45,11 +45,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, expansion_ratio: int = 2) -> None:
+def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, expansion_ratio: int = 2,
+          max_seq_len: int = 2048) -> None:
+    """`max_seq_len` 2048, as mosaicml/mpt-7b: long enough that a generation outlasts a test
+    that cancels it, even with the tiny model's fast steps."""
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = MptConfig(
-        d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio, max_seq_len=512,
+        d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio, max_seq_len=max_seq_len,
         vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True, no_bias=True,  # as mosaicml/mpt-7b
     )

@@ -10,4 +10,4 @@ from mosaic_serving.tiny_models import mpt
 
 
 def build(path: Path) -> None:
-    mpt.build(path, d_model=768, n_heads=12, n_layers=12, expansion_ratio=4)
+    mpt.build(path, d_model=768, n_heads=12, n_layers=12, expansion_ratio=4, max_seq_len=512)
