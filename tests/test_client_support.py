@@ -73,8 +73,14 @@ class EngineWatch:
         return sum(metric(self.server, name, model="mpt") for name in ("mpt_running_requests", "mpt_waiting_requests"))
 
     def assert_running(self, count: int) -> None:
-        running = metric(self.server, "mpt_running_requests", model="mpt")
-        assert running == count, f"{running} requests decoding, expected {count}"
+        """`count` requests decode together. Polled: the engine reports its load after the step
+        that sent the first pieces, so a client can see its last first piece before that."""
+        seen: list[float] = []
+        try:
+            wait_for(lambda: seen.append(metric(self.server, "mpt_running_requests", model="mpt")) or seen[-1] == count,
+                     timeout=10)
+        except AssertionError:
+            raise AssertionError(f"{seen[-1]} requests decoding, expected {count}") from None
 
     def assert_cancelled(self, count: int) -> None:
         """`count` requests ended as cancelled, none at its length, and the engine is empty."""
