@@ -51,7 +51,7 @@ class DecodeStep:
         self.decoder = decoder
         self.device = decoder.wte.weight.device
         self.mode = resolve_mode(compile_mode, self.device)
-        # one graph covers every shape (CPU "default"), rather than one per bucket of shapes
+        # graphs over dynamic rows and columns (CPU "default"), rather than one per bucket of shapes
         self.dynamic = self.mode == "default" and self.device.type == "cpu"
         self.fallback_reason: str | None = None
         self._compiled = None
