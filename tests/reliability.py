@@ -174,3 +174,27 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def settles(read: Callable[[], float], expected: float, timeout: float = 30) -> None:
+    """Poll `read()` until it equals `expected`; fail with the last value read."""
+    seen: list[float] = []
+    try:
+        wait_for(lambda: seen.append(read()) or seen[-1] == expected, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"expected {expected}, last read {seen[-1:]}") from None
+
+
+def mpt_running(server: LocalTritonServer) -> float:
+    return metric(server, "mpt_running_requests", model="mpt")
+
+
+def mpt_in_engine(server: LocalTritonServer) -> float:
+    """`mpt` requests decoding or waiting for a batch slot."""
+    return mpt_running(server) + metric(server, "mpt_waiting_requests", model="mpt")
+
+
+def mpt_ended(server: LocalTritonServer) -> tuple[float, float]:
+    """`mpt` requests ended so far: (cancelled, finished at their length)."""
+    return tuple(metric(server, "mpt_requests_total", model="mpt", finish_reason=reason)
+                 for reason in ("cancelled", "length"))

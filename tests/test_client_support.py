@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mosaic_serving.launcher.server import free_port
-from reliability import metric, wait_for
+from reliability import mpt_ended, mpt_in_engine, mpt_running, settles, wait_for
 
 PROTOCOLS = ("grpc", "http")
 PROMPT = "Hello world"
@@ -62,25 +62,12 @@ class EngineWatch:
 
     def __init__(self, server):
         self.server = server
-        self.before = self._ended()
-
-    def _ended(self) -> tuple[float, float]:
-        """Requests ended so far: (cancelled, finished at their length)."""
-        return tuple(metric(self.server, "mpt_requests_total", model="mpt", finish_reason=reason)
-                     for reason in ("cancelled", "length"))
-
-    def _in_engine(self) -> float:
-        return sum(metric(self.server, name, model="mpt") for name in ("mpt_running_requests", "mpt_waiting_requests"))
+        self.before = mpt_ended(server)
 
     def assert_running(self, count: int) -> None:
         """`count` requests decode together. Polled: the engine reports its load after the step
         that sent the first pieces, so a client can see its last first piece before that."""
-        seen: list[float] = []
-        try:
-            wait_for(lambda: seen.append(metric(self.server, "mpt_running_requests", model="mpt")) or seen[-1] == count,
-                     timeout=10)
-        except AssertionError:
-            raise AssertionError(f"{seen[-1]} requests decoding, expected {count}") from None
+        settles(lambda: mpt_running(self.server), count, timeout=10)
 
     def assert_cancelled(self, count: int) -> None:
         """`count` requests ended as cancelled, none at its length, and the engine is empty."""
@@ -91,9 +78,9 @@ class EngineWatch:
         self._assert_ended(cancelled=0, finished=count)
 
     def _assert_ended(self, cancelled: int, finished: int) -> None:
-        wait_for(lambda: self._in_engine() == 0 and sum(self._ended()) - sum(self.before) >= cancelled + finished,
-                 timeout=60)
-        ended = tuple(now - then for now, then in zip(self._ended(), self.before))
+        wait_for(lambda: mpt_in_engine(self.server) == 0
+                 and sum(mpt_ended(self.server)) - sum(self.before) >= cancelled + finished, timeout=60)
+        ended = tuple(now - then for now, then in zip(mpt_ended(self.server), self.before))
         assert ended == (cancelled, finished), f"(cancelled, finished) = {ended}, expected {(cancelled, finished)}"
 
 

@@ -21,7 +21,7 @@ from mosaic_client import Client
 from mosaic_serving.frontend import FrontendProcess
 from mosaic_serving.frontend.chat import chatml
 from mosaic_serving.launcher.server import free_port
-from reliability import limited_server, metric, wait_for
+from reliability import limited_server, mpt_ended, mpt_in_engine, mpt_running, settles, wait_for
 
 PROMPT = "Once upon a time"
 
@@ -190,38 +190,15 @@ CHOICES = 48
 LONG = {"max_tokens": 1600, "min_tokens": 1600, "temperature": 0, "n": CHOICES}
 
 
-def running(server) -> float:
-    return metric(server, "mpt_running_requests", model="mpt")
-
-
-def waiting(server) -> float:
-    return metric(server, "mpt_waiting_requests", model="mpt")
-
-
-def ended(server) -> tuple[float, float]:
-    """Requests ended so far: (cancelled, finished at their length)."""
-    return tuple(metric(server, "mpt_requests_total", model="mpt", finish_reason=reason)
-                 for reason in ("cancelled", "length"))
-
-
-def settles(read, expected: float, timeout: float = 30) -> None:
-    """Poll `read()` until it equals `expected`; fail with the last value read."""
-    seen: list[float] = []
-    try:
-        wait_for(lambda: seen.append(read()) or seen[-1] == expected, timeout=timeout)
-    except AssertionError:
-        raise AssertionError(f"expected {expected}, last read {seen[-1:]}") from None
-
-
 def assert_cancelled(server, before: tuple[float, float]) -> None:
-    settles(lambda: running(server) + waiting(server), 0)
-    settles(lambda: sum(ended(server)) - sum(before), CHOICES)
-    cancelled_now = ended(server)[0] - before[0]
+    settles(lambda: mpt_in_engine(server), 0)
+    settles(lambda: sum(mpt_ended(server)) - sum(before), CHOICES)
+    cancelled_now = mpt_ended(server)[0] - before[0]
     assert cancelled_now >= 1, "every choice finished before the client left: nothing was cancelled"
 
 
 def test_a_stream_broken_off_by_the_client_frees_its_batch_slots(oai, server):
-    before = ended(server)
+    before = mpt_ended(server)
     stream = oai.completions.create(model="mpt", prompt=PROMPT, stream=True, max_tokens=LONG["max_tokens"],
                                     temperature=0, n=CHOICES, extra_body={"min_tokens": LONG["min_tokens"]})
     for _, _ in zip(range(3), stream):
@@ -231,11 +208,11 @@ def test_a_stream_broken_off_by_the_client_frees_its_batch_slots(oai, server):
 
 
 def test_a_whole_completion_abandoned_by_the_client_is_cancelled(frontend, server):
-    before = ended(server)
+    before = mpt_ended(server)
     connection = http.client.HTTPConnection("127.0.0.1", frontend.port, timeout=60)
     connection.request("POST", "/v1/completions", json.dumps({"model": "mpt", "prompt": PROMPT, **LONG}),
                        {"Content-Type": "application/json"})
-    wait_for(lambda: running(server) > 0, timeout=30)
+    wait_for(lambda: mpt_running(server) > 0, timeout=30)
     connection.close()
     assert_cancelled(server, before)
 
@@ -307,7 +284,7 @@ def test_mpt_at_capacity_is_503_with_retry_after(tmp_path):
         assert "max_queue_size 2" in answer["error"]["message"] and answer["error"]["code"] == "unavailable"
         # Its other choices are cancelled; once the engine has dropped them, a request is served
         # again (as a client that honours Retry-After finds).
-        settles(lambda: running(limited) + waiting(limited), 0)
+        settles(lambda: mpt_in_engine(limited), 0)
         for _ in range(60):
             status, answer, _ = post(f"{front.url}/v1/completions", json.dumps({**body, "n": 1}).encode())
             if status != 503:

@@ -74,11 +74,8 @@ class DecodeStep:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: int) -> torch.Tensor:
         if self._compiled is not None:
-            key_columns = self.decoder.column_index[:columns]
-            if self.dynamic:
-                _mark_dynamic(tokens, positions, key_columns, self.decoder.max_len)
             try:
-                return self._compiled(tokens, positions, key_columns)
+                return self._compiled(tokens, positions, self.decoder.column_index[:columns])
             except Exception as error:  # noqa: BLE001 - serve on, eagerly
                 self._fall_back(error)
         return self.decoder.decode(tokens, positions, columns)
@@ -90,8 +87,13 @@ class DecodeStep:
         for rows, columns in self._warm_up_shapes():
             # two tensors, as in serving: one passed twice would be compiled as an alias
             tokens, positions = (torch.zeros(rows, dtype=torch.long, device=self.device) for _ in range(2))
-            self(tokens, positions, columns)
-            if self._compiled is None:
+            key_columns = self.decoder.column_index[:columns]
+            if self.dynamic:  # marks matter when a graph is traced; serving only checks its guards
+                _mark_dynamic(tokens, positions, key_columns, self.decoder.max_len)
+            try:
+                self._compiled(tokens, positions, key_columns)
+            except Exception as error:  # noqa: BLE001 - decode eagerly from now on
+                self._fall_back(error)
                 return
 
     def _warm_up_shapes(self) -> list[tuple[int, int]]:
