@@ -24,11 +24,20 @@ PROMPTS = ["Hello café 東京", "The quick brown fox jumps over the lazy dog", 
 TIMEOUT = 60
 
 
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_mpt_path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_mpt_path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_mpt_path, dtype=torch.float32).eval()
-    return model, tokenizer
+    return load(tiny_mpt_path), AutoTokenizer.from_pretrained(tiny_mpt_path)
+
+
+@pytest.fixture(scope="module")
+def untouched(tiny_mpt_path):
+    """The model as a user loads it, never given to an engine (which stores its matrices in a
+    layout of its own), for reference outputs."""
+    return load(tiny_mpt_path)
 
 
 def reference(model, tokenizer, prompt: str, new_tokens: int) -> str:
@@ -64,7 +73,7 @@ def exact(new_tokens: int, **extra) -> SamplingParams:
 
 
 @pytest.mark.parametrize("compile_mode", ["none", "prepack", "auto", "freeze"])
-def test_greedy_requests_joining_mid_stream_equal_generate(tiny, compile_mode):
+def test_greedy_requests_joining_mid_stream_equal_generate(tiny, untouched, compile_mode):
     """Different prompt lengths and lengths of output, each joining while others decode;
     "prepack" runs oneDNN's packed kernels, "auto" (on the CPU: inductor over dynamic shapes)
     and "freeze" the compiled decode step. Dynamic shapes compile nothing after the load,
@@ -76,7 +85,7 @@ def test_greedy_requests_joining_mid_stream_equal_generate(tiny, compile_mode):
         assert step.fallback_reason is None and step.compiled == (compile_mode in ("auto", "freeze"))
         lengths = [40, 25, 33]
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
-        assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        assert texts == [reference(untouched, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
         assert engine.decoded.rows > engine.decoded.steps  # rows shared steps
     finally:
         engine.close()
@@ -87,8 +96,7 @@ def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path):
     and cache columns. The head size here (64) equals a block of cache columns, as in
     mosaicml/mpt-7b's family, which torch would otherwise fix as one size."""
     tiny_mpt.build(tmp_path, d_model=128, n_heads=2)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    tokenizer = tiny[1]
+    model, untouched, tokenizer = load(tmp_path), load(tmp_path), tiny[1]
     engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode="auto")
     try:
         step = engine.runner.step
@@ -96,7 +104,7 @@ def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path):
         graphs_at_load = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         lengths = [140, 25, 70]  # up to a third block of 64 cache columns, 1 to 3 rows
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
-        assert texts == [reference(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        assert texts == [reference(untouched, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_at_load
         assert step.fallback_reason is None
     finally:
@@ -164,7 +172,7 @@ def test_scheduler_admits_by_free_slots_and_prefill_budget(tiny):
     assert [r.request_id for r in admitted] == ["long"]  # over the budget alone: still admitted
 
 
-def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny, monkeypatch):
+def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny, untouched, monkeypatch):
     model, tokenizer = tiny
 
     def no_compiler(*args, **kwargs):
@@ -176,7 +184,7 @@ def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny, monkeypatch):
         step = engine.runner.step
         assert not step.compiled and "no C++ compiler" in step.fallback_reason
         [text] = run_staggered(engine, tokenizer, [(PROMPTS[2], exact(12, do_sample=False))])
-        assert text == reference(model, tokenizer, PROMPTS[2], 12)
+        assert text == reference(untouched, tokenizer, PROMPTS[2], 12)
     finally:
         engine.close()
 

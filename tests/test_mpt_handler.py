@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.handlers.mpt_fields import GenerateParameters
@@ -23,29 +24,37 @@ def handler(tiny_mpt_path):
     handler.close()
 
 
+@pytest.fixture(scope="module")
+def untouched(tiny_mpt_path):
+    """The model as a user loads it (the handler's engine stores its matrices in a layout of its
+    own), for reference outputs."""
+    return AutoModelForCausalLM.from_pretrained(tiny_mpt_path, dtype=torch.float32).eval()
+
+
 def generate_one(handler, prompt, **parameters):
     return handler.generate([{"input": prompt, "parameters": parameters}])[0]
 
 
-def reference_generate(handler, prompt, **kwargs):
+def reference_generate(handler, model, prompt, **kwargs):
     """transformers' own generate (with its KV cache): the ground truth for greedy decoding."""
     inputs = handler.tokenizer(prompt, return_tensors="pt")
-    output = handler.model.generate(**inputs, use_cache=True, **kwargs)
+    output = model.generate(**inputs, use_cache=True, **kwargs)
     return handler.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_equals_transformers_generate(handler, prompt):
+def test_greedy_equals_transformers_generate(handler, untouched, prompt):
     completion = generate_one(handler, prompt, max_new_tokens=32, **GREEDY)
-    assert completion.text == reference_generate(handler, prompt, max_new_tokens=32, do_sample=False)
+    assert completion.text == reference_generate(handler, untouched, prompt, max_new_tokens=32, do_sample=False)
     assert completion.num_output_tokens == 32
     assert completion.num_input_tokens == len(handler.tokenizer(prompt)["input_ids"])
     assert completion.finish_reason == "length"
 
 
-def test_repetition_penalty_matches_transformers(handler):
+def test_repetition_penalty_matches_transformers(handler, untouched):
     completion = generate_one(handler, PROMPTS[1], max_new_tokens=24, repetition_penalty=1.5, **GREEDY)
-    expected = reference_generate(handler, PROMPTS[1], max_new_tokens=24, do_sample=False, repetition_penalty=1.5)
+    expected = reference_generate(handler, untouched, PROMPTS[1], max_new_tokens=24, do_sample=False,
+                                  repetition_penalty=1.5)
     assert completion.text == expected
     assert completion.text != generate_one(handler, PROMPTS[1], max_new_tokens=24, **GREEDY).text
 
