@@ -91,13 +91,15 @@ def test_greedy_requests_joining_mid_stream_equal_generate(tiny, untouched, comp
         engine.close()
 
 
-def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path):
+@pytest.mark.parametrize("slots", [4, 2])
+def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path, slots):
     """On the CPU, "auto" compiles at load the graphs every later step uses, whatever its rows
     and cache columns. The head size here (64) equals a block of cache columns, as in
-    mosaicml/mpt-7b's family, which torch would otherwise fix as one size."""
+    mosaicml/mpt-7b's family, which torch would otherwise fix as one size. With two slots,
+    two rows are all the slots, which torch specialises."""
     tiny_mpt.build(tmp_path, d_model=128, n_heads=2)
     model, untouched, tokenizer = load(tmp_path), load(tmp_path), tiny[1]
-    engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode="auto")
+    engine = GenerationEngine(model, tokenizer, max_batch_size=slots, compile_mode="auto")
     try:
         step = engine.runner.step
         assert step.dynamic and step.fallback_reason is None

@@ -72,3 +72,16 @@ def test_counters_are_exposed_from_load_time(server):
     for name in ("mpt_time_to_first_token_seconds_sum", "mpt_decode_steps_total", "mpt_decoded_rows_total",
                  "mosaic_batches_total", "mosaic_request_errors_total", "diffusion_images_total"):
         assert f"\n{name}{{" in page, name
+
+
+def test_the_served_mpt_decodes_with_its_compiled_step(server):
+    """`mpt`'s default compile_mode compiles the decode step on the CPU too; a compile that
+    fails inside the backend process (where Python runs embedded, in the server's locale)
+    would leave it decoding eagerly, several times slower, with only a log line to say so."""
+    [requests] = rises(server, "mpt", [("mpt_requests_total", {"finish_reason": "length"})],
+                       lambda: grpc_stream(server.grpc_url, "mpt", [
+                           tensor(grpcclient, "text_input", ["Once"], "BYTES"),
+                           tensor(grpcclient, "max_new_tokens", [3], "INT32")]))
+    assert requests == 1
+    assert metric(server, "mpt_compile_fallback", model="mpt") == 0
+    assert "decoding eagerly" not in server.log_tail(lines=10_000)

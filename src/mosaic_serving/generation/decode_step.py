@@ -89,7 +89,7 @@ class DecodeStep:
             tokens, positions = (torch.zeros(rows, dtype=torch.long, device=self.device) for _ in range(2))
             key_columns = self.decoder.column_index[:columns]
             if self.dynamic:  # marks matter when a graph is traced; serving only checks its guards
-                _mark_dynamic(tokens, positions, key_columns, self.decoder.max_len)
+                _mark_dynamic(tokens, positions, key_columns, self.decoder.max_len, self.decoder.cache.slots)
             try:
                 self._compiled(tokens, positions, key_columns)
             except Exception as error:  # noqa: BLE001 - decode eagerly from now on
@@ -140,14 +140,16 @@ class DecodeStep:
         self._compiled = None
 
 
-def _mark_dynamic(tokens: torch.Tensor, positions: torch.Tensor, key_columns: torch.Tensor, max_len: int) -> None:
+def _mark_dynamic(tokens: torch.Tensor, positions: torch.Tensor, key_columns: torch.Tensor, max_len: int,
+                  slots: int) -> None:
     """The rows and the cache columns of a step are sizes a compiled graph takes as they come;
     every other size (weights, cache) is compiled in. Only these are marked, because sizes
     that are equal when a graph is traced would otherwise be taken for one (the columns for
-    the head size, say), fixing both. One row, and the whole cache (a slice that is the whole
-    tensor), stay graphs of their own: torch specialises those."""
+    the head size, say), fixing both. One row, and a slice that is the whole cache (all its
+    columns, or all its slots when there are only two), stay graphs of their own: torch
+    specialises those, and marking them would fail the compile."""
     if key_columns.shape[0] < max_len:
         torch._dynamo.mark_dynamic(key_columns, 0)
-    if tokens.shape[0] > 1:
+    if 1 < tokens.shape[0] < slots:
         torch._dynamo.mark_dynamic(tokens, 0)
         torch._dynamo.mark_dynamic(positions, 0)

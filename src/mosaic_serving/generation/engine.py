@@ -160,6 +160,12 @@ class GenerationEngine:
     def load(self) -> EngineLoad:
         return EngineLoad(len(self._running), self.scheduler.waiting)
 
+    def compile_fallback(self) -> str | None:
+        """Why the decode step runs eagerly though its `compile_mode` asked for compiling (None:
+        compiled as asked, or not asked)."""
+        step = getattr(self.runner, "step", None)
+        return step.fallback_reason if step is not None else None
+
     def close(self) -> None:
         """Stop the engine thread; requests running or waiting are finished as cancelled."""
         self.scheduler.close()

@@ -109,6 +109,10 @@ class MPTModelHandler:
         """Decode steps so far and the rows they decoded (rows / steps: the mean batch size)."""
         return self.engine.decoded
 
+    def compile_fallback(self) -> str | None:
+        """Why decoding runs eagerly though compiling was asked for (None: it is not)."""
+        return self.engine.compile_fallback()
+
     # ---- in-process conveniences, on the same engine ----------------------------------
 
     def generate(self, model_requests: list[dict[str, Any]]) -> list[Completion]:

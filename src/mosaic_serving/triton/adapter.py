@@ -21,11 +21,15 @@ that a failure fails the load and Triton reports it (the launcher reloads a mode
 background load failed this way).
 `EXECUTION_ENV_PATH` is the Python backend's (the environment the stub runs in), never a
 handler kwarg.
+
+Text files are read as UTF-8 in the backend process (`use_utf8_locale`), as in any Python
+started from a shell.
 """
 
 from __future__ import annotations
 
 import json
+import locale
 import traceback
 from typing import Any, ClassVar
 
@@ -69,6 +73,7 @@ class HandlerModel:
         return complete_config(config, cls.inputs, cls.outputs)
 
     def initialize(self, args: dict[str, str]) -> None:
+        use_utf8_locale()
         self.args = args
         self.model_config = json.loads(args["model_config"])
         self.batched = self.model_config.get("max_batch_size", 0) > 0
@@ -119,6 +124,22 @@ class HandlerModel:
         close = getattr(self.handler, "close", None)
         if close is not None:
             close()
+
+
+def use_utf8_locale() -> None:
+    """Make UTF-8 the encoding of files opened without one. The backend process embeds Python
+    without taking the environment's locale (nor PYTHONUTF8), so it reads text as ASCII; torch's
+    compiler, for one, then fails on its own templates and `mpt` decodes eagerly. Python looks
+    the encoding up in the C locale at each `open`, so setting LC_CTYPE here is enough."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return
+        except locale.Error:
+            continue
+    pb_utils.Logger.log_warn("no UTF-8 locale found: files are read in the process's default encoding")
 
 
 class BatchedModel(HandlerModel):

@@ -13,7 +13,8 @@ batch at the next decode step. Metrics on Triton's metrics port: `mpt_running_re
 `mpt_waiting_requests` (gauges), `mpt_requests_total{finish_reason}`,
 `mpt_rejected_requests_total{code}`, `mpt_generated_tokens_total`,
 `mpt_time_to_first_token_seconds_sum`/`_count`, `mpt_decode_steps_total` and
-`mpt_decoded_rows_total` (counters).
+`mpt_decoded_rows_total` (counters), `mpt_compile_fallback` (gauge: 1 when the decode step
+asked to be compiled runs eagerly; the reason is in the server log).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ class GenerationMetrics:
         self.first_tokens = metrics.counter("mpt_time_to_first_token_seconds_count", "Requests timed in the _sum")
         self.steps = metrics.counter("mpt_decode_steps_total", "Decode steps (one token for every running request)")
         self.rows = metrics.counter("mpt_decoded_rows_total", "Rows those steps decoded; rows / steps is the mean batch size")
+        self.compile_fallback = metrics.gauge(
+            "mpt_compile_fallback", "1: the decode step asked to be compiled runs eagerly (the log says why)")
         self._published_steps = self._published_rows = 0
+        self._fallback_logged = False
         finished = "Requests finished, by finish_reason"
         self.finished_by = {
             reason: metrics.counter("mpt_requests_total", finished, finish_reason=reason)
@@ -136,6 +140,7 @@ class GenerationMetrics:
             best_effort(lambda: (self.first_token_seconds.increment(first_event_seconds),
                                  self.first_tokens.increment(1)))
         self._publish_decode_counts()
+        self.check_compile()
 
     def rejected(self, error: Exception) -> None:
         best_effort(lambda: self.rejected_by[status_code(error)].increment(1))
@@ -146,6 +151,19 @@ class GenerationMetrics:
         steps, rows = now.steps - self._published_steps, now.rows - self._published_rows
         self._published_steps, self._published_rows = now.steps, now.rows
         best_effort(lambda: (self.steps.increment(steps), self.rows.increment(rows)))
+
+    def loaded(self, handler: MPTModelHandler) -> None:
+        """Once the handler has loaded: say, in the gauge and the log, whether decoding fell
+        back to eager (a compiled step may also fall back later, when it first fails)."""
+        self.handler = handler
+        self.check_compile()
+
+    def check_compile(self) -> None:
+        reason = self.handler.compile_fallback()
+        best_effort(lambda: self.compile_fallback.set(int(reason is not None)))
+        if reason is not None and not self._fallback_logged:
+            self._fallback_logged = True
+            pb_utils.Logger.log_warn(f"mpt: {reason}")
 
 
 class ResponseWriter:
@@ -246,7 +264,7 @@ class TritonPythonModel(HandlerModel):
         from mosaic_serving.handlers.mpt import MPTModelHandler
 
         handler = MPTModelHandler(**kwargs)
-        self.generation_metrics.handler = handler
+        self.generation_metrics.loaded(handler)
         handler.watch_load(self.generation_metrics.load)
         return handler
 
