@@ -31,12 +31,15 @@ REPOSITORY = default_model_repository()
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real Triton server for the test session, on free ports, serving the tiny models.
+    `mpt` takes requests of up to 8000 new tokens (the tiny MPT's context is 8192), which the
+    cancellation tests need.
 
     Its log stays in pytest's temporary directory; the path is printed when a test fails.
     """
     log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     _server_logs.append(log_file)
-    with LocalTritonServer(REPOSITORY, models=ALL_MODELS, env=tiny_model_env({}), log_file=log_file) as running:
+    env = {**tiny_model_env({}), "MPT_MAX_NEW_TOKENS": "8000"}
+    with LocalTritonServer(REPOSITORY, models=ALL_MODELS, env=env, log_file=log_file) as running:
         yield running
 
 

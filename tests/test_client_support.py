@@ -1,7 +1,7 @@
 """Shared helpers for tests/test_client*.py (this module holds no tests).
 
 Cancellation is observed on the server, in `mpt`'s metrics: a client starts a few long
-generations (LONG: 2000 tokens, seconds even for the compiled tiny model), leaves
+generations (LONG: 8000 tokens, over ten seconds even for the compiled tiny model), leaves
 them once each has its first piece, and `mpt_requests_total` must count each as cancelled
 (none finished at its length) while `mpt_running_requests` and `mpt_waiting_requests` fall
 back to 0. Few streams, so that all have their first piece within milliseconds of each other
@@ -27,9 +27,9 @@ PROTOCOLS = ("grpc", "http")
 PROMPT = "Hello world"
 GREEDY = {"do_sample": False}
 STREAMS = 4  # long streams a cancellation test starts and leaves
-# long enough that no request ends by itself while a test leaves it (the tiny MPT's context is
-# 2048); min_new_tokens rules out an early end.
-LONG = {"max_new_tokens": 2000, "min_new_tokens": 2000, "do_sample": True, "top_k": 50, "seed": 1}
+# long enough that no request ends by itself while a test leaves it, even when the test's process
+# stalls a second or two (the tiny MPT's context is 8192); min_new_tokens rules out an early end.
+LONG = {"max_new_tokens": 8000, "min_new_tokens": 8000, "do_sample": True, "top_k": 50, "seed": 1}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -182,7 +182,7 @@ def test_images_are_pngs_of_the_asked_size(oai, direct):
 
 
 # ---- cancellation ------------------------------------------------------------------------------
-# 48 choices of 1600 tokens (the tiny MPT's context is 2048), more than the 32 batch slots: the
+# 48 choices of 1600 tokens, more than the 32 batch slots: the
 # last 16 wait until the first 32 have decoded 1600 steps, so the client, which leaves as soon
 # as the first ones run, always leaves before all are done. Each choice must then end
 # cancelled, unless it had already finished, and the batch and queue must empty.

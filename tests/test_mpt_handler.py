@@ -189,7 +189,7 @@ def test_multibyte_characters_are_never_split_across_pieces(handler):
         ({"input": "hi", "parameters": {"stop": [""]}}, "stop"),
         ({"input": "hi", "parameters": {"seed": -1}}, "seed"),
         ({"input": "hi", "parameters": {"max_length": 1}}, "max_length"),
-        ({"input": "word " * 600, "parameters": {"max_new_tokens": 1}}, "max_input_tokens"),
+        ({"input": "word " * 3000, "parameters": {"max_new_tokens": 1}}, "max_input_tokens"),
     ],
 )
 def test_bad_input_names_the_field(handler, request_dict, field):

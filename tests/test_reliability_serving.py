@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from helpers import grpc_stream, http_generate, tensor, text
 from reliability import limited_server, metric, stub_pids, thread_count, wait_for
 
-LONG = 1600  # tokens: far more than a test waits for, so only cancellation ends these early
+LONG = 6400  # tokens (of the tiny MPT's 8192): seconds more than a test waits for, so only cancellation ends these early
 
 
 @pytest.fixture(scope="module")

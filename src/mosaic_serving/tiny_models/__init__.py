@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 # Bump a builder's version to rebuild its model in existing caches.
-BUILDERS = {"mpt": 3, "mpt_small": 2, "instructor": 1, "diffusion": 1}
+BUILDERS = {"mpt": 4, "mpt_small": 2, "instructor": 1, "diffusion": 1}
 DEFAULT_CACHE = Path(os.environ.get("MOSAIC_SERVING_CACHE", Path.home() / ".cache" / "mosaic-serving"))
 
 

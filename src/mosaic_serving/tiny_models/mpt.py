@@ -46,9 +46,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, expansion_ratio: int = 2,
-          max_seq_len: int = 2048) -> None:
-    """`max_seq_len` 2048, as mosaicml/mpt-7b: long enough that a generation outlasts a test
-    that cancels it, even with the tiny model's fast steps."""
+          max_seq_len: int = 8192) -> None:
+    """`max_seq_len` 8192 (mosaicml/mpt-7b-8k's): long enough that a generation outlasts, by
+    seconds, a test that cancels it, even with the tiny model's compiled steps (2000 tokens
+    take ~1 s)."""
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = MptConfig(
