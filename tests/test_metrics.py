@@ -81,7 +81,8 @@ def test_the_served_mpt_decodes_with_its_compiled_step(server):
     [requests] = rises(server, "mpt", [("mpt_requests_total", {"finish_reason": "length"})],
                        lambda: grpc_stream(server.grpc_url, "mpt", [
                            tensor(grpcclient, "text_input", ["Once"], "BYTES"),
-                           tensor(grpcclient, "max_new_tokens", [3], "INT32")]))
+                           tensor(grpcclient, "max_new_tokens", [3], "INT32"),
+                           tensor(grpcclient, "min_length", [3], "INT32")]))  # no early end-of-text
     assert requests == 1
     assert metric(server, "mpt_compile_fallback", model="mpt") == 0
     assert "decoding eagerly" not in server.log_tail(lines=10_000)
