@@ -11,7 +11,7 @@ differently from transformers' eager forward, to decode at the speed of reading 
   of the cache), never materialising more than that;
 - on the CPU, the blocks' matrices are stored input-major (see `store_input_major`).
 
-Weights keep transformers' layout, which shards for tensor parallelism: `Wqkv` and `up_proj`
+Weights keep transformers' shapes, which shard for tensor parallelism: `Wqkv` and `up_proj`
 by output rows (column parallel: a shard takes the same head range from each third of
 `Wqkv`), `out_proj` and `down_proj` by input columns (row parallel, followed by a sum).
 """

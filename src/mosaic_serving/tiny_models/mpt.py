@@ -49,7 +49,7 @@ def build(path: Path, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, ex
           max_seq_len: int = 8192) -> None:
     """`max_seq_len` 8192 (mosaicml/mpt-7b-8k's): long enough that a generation outlasts, by
     seconds, a test that cancels it, even with the tiny model's compiled steps (2000 tokens
-    take ~1 s)."""
+    take ~2 s served)."""
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = MptConfig(

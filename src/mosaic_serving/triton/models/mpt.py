@@ -117,7 +117,7 @@ class GenerationMetrics:
         self.compile_fallback = metrics.gauge(
             "mpt_compile_fallback", "1: the decode step asked to be compiled runs eagerly (the log says why)")
         self._published_steps = self._published_rows = 0
-        self._fallback_logged = False
+        self._fell_back: bool | None = None  # as last published
         finished = "Requests finished, by finish_reason"
         self.finished_by = {
             reason: metrics.counter("mpt_requests_total", finished, finish_reason=reason)
@@ -159,10 +159,13 @@ class GenerationMetrics:
         self.check_compile()
 
     def check_compile(self) -> None:
+        """Publish (and log) whether decoding runs eagerly, when that changes."""
         reason = self.handler.compile_fallback()
-        best_effort(lambda: self.compile_fallback.set(int(reason is not None)))
-        if reason is not None and not self._fallback_logged:
-            self._fallback_logged = True
+        if (reason is not None) == self._fell_back:
+            return
+        self._fell_back = reason is not None
+        best_effort(lambda: self.compile_fallback.set(int(self._fell_back)))
+        if reason is not None:
             pb_utils.Logger.log_warn(f"mpt: {reason}")
 
 
