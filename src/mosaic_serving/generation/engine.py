@@ -68,11 +68,13 @@ class GenerationEngine:
         tokenizer,
         max_batch_size: int = 32,
         max_queue_size: int | None = None,
-        cancel_check_interval: float = 0.01,
+        cancel_check_interval: float = 0.05,
         prefill_token_budget: int = 2048,
         compile_mode: str | None = "auto",
     ):
-        """`cancel_check_interval`: seconds between polls of `is_cancelled` callbacks;
+        """`cancel_check_interval`: seconds between polls of `is_cancelled` callbacks (each of
+        Triton's is a round trip to the server: polling every 10 ms instead of 50 cost the
+        served small MPT 4-7% of its tokens/s at 8 streams);
         `prefill_token_budget`: prompt tokens one step prefills (beyond the first request);
         `compile_mode`: see `decode_step` ("auto", "none", "default", "freeze", "reduce-overhead")."""
         self.model = model
