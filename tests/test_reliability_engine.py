@@ -148,7 +148,7 @@ def test_a_row_failing_to_sample_fails_alone(handler, monkeypatch):
 
 
 def test_a_polled_cancel_flag_aborts_the_request(handler):
-    """`is_cancelled` is polled (every 10 ms) off the decode loop; True aborts the request."""
+    """`is_cancelled` is polled (every 50 ms) off the decode loop; True aborts the request."""
     engine = GenerationEngine(handler.model, handler.tokenizer)
     client = Client()
     flagged_at: list[float] = []
