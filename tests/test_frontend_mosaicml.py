@@ -43,7 +43,8 @@ def test_mpt_predict_gives_prompt_and_completion_per_input(frontend, direct):
 
 
 def test_mpt_predict_stream_gives_the_completion_piece_by_piece(frontend, direct):
-    parameters = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False}
+    # hundreds of steps: the server joins the pieces that pile up while it sends one
+    parameters = {"max_new_tokens": 400, "min_new_tokens": 400, "do_sample": False}
     answer = mcli_predict(url(frontend, "mpt"), {"inputs": ["Hello"], "parameters": parameters}, stream=True)
     pieces = answer["result"]
     assert len(pieces) > 1 and all(list(piece) == ["outputs"] and len(piece["outputs"]) == 1 for piece in pieces)

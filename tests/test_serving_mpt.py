@@ -17,6 +17,10 @@ from mosaic_serving.handlers.mpt import MPTModelHandler
 
 PROMPT = "Hello world"
 GREEDY = {"do_sample": False}
+# Streamed tests decode this many tokens, exactly: the backend process's writer joins the
+# pieces that pile up while it sends, and the compiled tiny MPT can decode a few dozen tokens
+# before the first send goes out; hundreds of steps always make several responses.
+STREAMED = 400
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +71,15 @@ def test_grpc_whole_text_is_prompt_plus_completion(server, handler):
 
 
 def test_grpc_stream_sends_only_new_text_then_final(server, handler):
-    want = expected(handler, max_new_tokens=24, **GREEDY)
-    responses = grpc_stream(server.grpc_url, "mpt", mpt_inputs(stream=True, max_new_tokens=24))
+    want = expected(handler, max_new_tokens=STREAMED, min_new_tokens=STREAMED, **GREEDY)
+    responses = grpc_stream(server.grpc_url, "mpt", mpt_inputs(stream=True, max_new_tokens=STREAMED,
+                                                               min_length=(STREAMED, "INT32")))
     assert len(responses) >= 3
     pieces = [text(r["text_output"]) for r in responses]
     assert "".join(pieces) == want.text  # cumulative texts would join to something longer
     assert [text(r["finish_reason"]) for r in responses] == [""] * (len(responses) - 1) + ["length"]
     counts = [scalar(r["num_output_tokens"]) for r in responses]
-    assert counts == sorted(counts) and counts[-1] == want.num_output_tokens == 24
+    assert counts == sorted(counts) and counts[-1] == want.num_output_tokens == STREAMED
     assert {scalar(r["num_input_tokens"]) for r in responses} == {want.num_input_tokens}
 
 
@@ -87,13 +92,12 @@ def test_http_generate_equals_predict(server, handler):
 
 
 def test_http_generate_stream_joins_to_the_completion(server, handler):
-    want = expected(handler, max_new_tokens=20, **GREEDY)
-    events = http_generate_stream(
-        server.http_url, "mpt", {"text_input": PROMPT, "max_new_tokens": 20, "stream": True, **GREEDY}
-    )
+    want = expected(handler, max_new_tokens=STREAMED, min_new_tokens=STREAMED, **GREEDY)
+    events = http_generate_stream(server.http_url, "mpt", {
+        "text_input": PROMPT, "max_new_tokens": STREAMED, "min_length": STREAMED, "stream": True, **GREEDY})
     assert len(events) >= 3
     assert "".join(event["text_output"] for event in events) == want.text
-    assert events[-1]["finish_reason"] == "length" and events[-1]["num_output_tokens"] == 20
+    assert events[-1]["finish_reason"] == "length" and events[-1]["num_output_tokens"] == STREAMED
 
 
 def test_exclude_input_in_output(server, handler):
