@@ -182,9 +182,9 @@ def test_images_are_pngs_of_the_asked_size(oai, direct):
 
 
 # ---- cancellation ------------------------------------------------------------------------------
-# 48 choices of 1600 tokens, more than the 32 batch slots: the
-# last 16 wait until the first 32 have decoded 1600 steps, so the client, which leaves as soon
-# as the first ones run, always leaves before all are done. Each choice must then end
+# 48 choices of 1600 tokens, more than the 32 batch slots: the last 16 wait until the first 32
+# have decoded 1600 steps, so the client, which leaves as soon as the first ones run, always
+# leaves before all are done. Each choice must then end
 # cancelled, unless it had already finished, and the batch and queue must empty.
 CHOICES = 48
 LONG = {"max_tokens": 1600, "min_tokens": 1600, "temperature": 0, "n": CHOICES}

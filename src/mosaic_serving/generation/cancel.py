@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class CancelWatcher:
-    def __init__(self, abort: Callable[[str], None], interval: float = 0.05):
+    def __init__(self, abort: Callable[[str], None], interval: float):
         self._abort = abort
         self._interval = max(interval, 0.001)
         self._watched: dict[str, Callable[[], bool]] = {}

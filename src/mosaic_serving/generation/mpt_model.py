@@ -50,11 +50,10 @@ def store_input_major(linears: list[nn.Linear]) -> None:
     """Store each weight (out, in) as the transpose of an (in, out) row-major matrix: the same
     values and parameter objects, a different memory layout, which every user of the model
     (transformers' forward included) reads unchanged. MKL's fp32 matrix products read this
-    layout faster on the CPU: measured here on the small MPT, 5% faster decode steps at one
-    row, 20% at eight, 13% faster prefill. One matrix is copied at a time."""
-    with torch.no_grad():
-        for linear in linears:
-            linear.weight.data = linear.weight.data.t().contiguous().t()
+    layout faster on the CPU: measured here on the small MPT, decode steps of eight rows 18-21%
+    faster and the prefill 9%, one row unchanged. One matrix is copied at a time."""
+    for linear in linears:
+        linear.weight.data = linear.weight.data.t().contiguous().t()
 
 
 class MptDecoder(nn.Module):
@@ -85,15 +84,18 @@ class MptDecoder(nn.Module):
         self.cache = SlotKVCache(config.n_layers, slots, self.heads, self.max_len, self.head_dim, weight.dtype,
                                  weight.device)
         if weight.device.type == "cpu":  # not lm_head: it is the embedding's matrix, read by rows
-            store_input_major([m for m in self.blocks.modules() if isinstance(m, nn.Linear)])
+            store_input_major(self._block_linears())
         self._packed: dict[nn.Linear, torch.Tensor] = {}  # oneDNN-prepacked weights (CPU), see prepack()
 
     def prepack(self, rows_hint: int = 8) -> None:
         """Reorder every matrix into oneDNN's blocked layout (CPU only), as inductor's freezing
         does, so the steps use oneDNN's packed kernels without compiling. Costs a second copy of
         the matrices (transformers' model keeps its own)."""
-        linears = [m for m in self.blocks.modules() if isinstance(m, nn.Linear)] + [self.lm_head]
+        linears = self._block_linears() + [self.lm_head]
         self._packed = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows_hint) for m in linears}
+
+    def _block_linears(self) -> list[nn.Linear]:
+        return [m for m in self.blocks.modules() if isinstance(m, nn.Linear)]
 
     def columns_for(self, longest: int) -> int:
         """Cache columns a step reads for sequences up to `longest` tokens (a few shapes only)."""
