@@ -73,10 +73,6 @@ class EngineWatch:
         """`count` requests ended as cancelled, none at its length, and the engine is empty."""
         self._assert_ended(cancelled=count, finished=0)
 
-    def assert_finished(self, count: int) -> None:
-        """`count` requests ran to their length, none was cancelled, and the engine is empty."""
-        self._assert_ended(cancelled=0, finished=count)
-
     def _assert_ended(self, cancelled: int, finished: int) -> None:
         wait_for(lambda: mpt_in_engine(self.server) == 0
                  and sum(mpt_ended(self.server)) - sum(self.before) >= cancelled + finished, timeout=60)

@@ -21,7 +21,7 @@ def test_compose_runs_the_frontend_next_to_triton_on_localhost(tools):
     frontend = services["frontend"]
     assert frontend["image"] == services["triton"]["image"]
     assert frontend["command"][:3] == ["python", "-m", "mosaic_serving.frontend"]
-    assert "--triton-grpc=triton:8001" in frontend["command"]
+    assert "--triton=http://triton:8000" in frontend["command"]
     [port] = frontend["ports"]
     assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "9000", 9000)
     assert "http://localhost:9000/health/ready" in frontend["healthcheck"]["test"]
@@ -40,7 +40,7 @@ def test_chart_adds_the_frontend_container_and_port_when_enabled(tools):
     frontend = containers["frontend"]
     assert frontend["image"] == containers["triton"]["image"]
     assert frontend["command"] == ["python", "-m", "mosaic_serving.frontend"]
-    assert "--triton-grpc=127.0.0.1:8001" in frontend["args"] and "--port=9000" in frontend["args"]
+    assert "--triton=http://127.0.0.1:8000" in frontend["args"] and "--port=9000" in frontend["args"]
     assert frontend["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
     [key] = [item for item in frontend["env"] if item["name"] == "MOSAIC_FRONTEND_API_KEY"]
     assert key["valueFrom"]["secretKeyRef"] == {"name": "frontend-key", "key": "key"}

@@ -21,7 +21,7 @@ SENTENCE = "to be or not to be"
 @pytest.fixture(scope="module")
 def frontend(server, tmp_path_factory):
     log = tmp_path_factory.mktemp("frontend") / "frontend.log"
-    with FrontendProcess(server.grpc_url, free_port(), log_file=log) as running:
+    with FrontendProcess(f"http://{server.http_url}", free_port(), log_file=log) as running:
         yield running
 
 
@@ -97,7 +97,7 @@ def test_errors_reach_mcli_with_their_status(frontend, model, body, stream, word
 
 
 def test_api_key_from_mcli(server, tmp_path):
-    with FrontendProcess(server.grpc_url, free_port(), api_key="sesame", log_file=tmp_path / "f.log") as locked:
+    with FrontendProcess(f"http://{server.http_url}", free_port(), api_key="sesame", log_file=tmp_path / "f.log") as locked:
         assert mcli_predict(url(locked, "custom_example"), {"inputs": ["a"]}, api_key="sesame")["result"] == {
             "outputs": [{"a": 1}]}
         refused = mcli_predict(url(locked, "custom_example"), {"inputs": ["a"]}, api_key="wrong")

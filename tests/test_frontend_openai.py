@@ -1,9 +1,12 @@
 """The HTTP frontend's OpenAI API, called with the real `openai` client, in front of a real
-Triton server: results equal the models' own over gRPC, errors are OpenAI's."""
+Triton server: results equal the models' own over gRPC, errors are OpenAI's. The frontend
+calls Triton over HTTP (its default); the tests of generation, cancellation and errors from
+Triton run over gRPC too (`grpc://`)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -26,17 +29,49 @@ from reliability import limited_server, mpt_ended, mpt_in_engine, mpt_running, s
 PROMPT = "Once upon a time"
 
 
+TRITON_PROTOCOLS = ["http", "grpc"]
+
+
+def triton_url(server, protocol: str) -> str:
+    return f"http://{server.http_url}" if protocol == "http" else f"grpc://{server.grpc_url}"
+
+
+def openai_client(frontend: FrontendProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="none", max_retries=0, timeout=120)
+
+
 @pytest.fixture(scope="module")
-def frontend(server, tiny_mpt_path, tmp_path_factory):
-    log = tmp_path_factory.mktemp("frontend") / "frontend.log"
-    with FrontendProcess(server.grpc_url, free_port(), args=["--tokenizer", str(tiny_mpt_path), "--max-n", "48"],
-                         log_file=log) as running:
+def frontends(server, tiny_mpt_path, tmp_path_factory):
+    """A frontend calling Triton over each protocol, by protocol."""
+    with contextlib.ExitStack() as stack:
+        running = {}
+        for protocol in TRITON_PROTOCOLS:
+            log = tmp_path_factory.mktemp("frontend") / f"frontend-{protocol}.log"
+            running[protocol] = stack.enter_context(FrontendProcess(
+                triton_url(server, protocol), free_port(), args=["--tokenizer", str(tiny_mpt_path), "--max-n", "48"],
+                log_file=log))
         yield running
 
 
 @pytest.fixture(scope="module")
+def frontend(frontends):
+    return frontends["http"]
+
+
+@pytest.fixture(scope="module")
 def oai(frontend):
-    with openai.OpenAI(base_url=f"{frontend.url}/v1", api_key="none", max_retries=0, timeout=120) as client:
+    with openai_client(frontend) as client:
+        yield client
+
+
+@pytest.fixture(scope="module", params=TRITON_PROTOCOLS)
+def each_frontend(request, frontends):
+    return frontends[request.param]
+
+
+@pytest.fixture(scope="module")
+def each_oai(each_frontend):
+    with openai_client(each_frontend) as client:
         yield client
 
 
@@ -75,8 +110,8 @@ def test_health_reflects_triton_readiness(frontend):
 # ---- completions -------------------------------------------------------------------------------
 
 
-def test_greedy_completion_equals_mpt_over_grpc(oai, direct):
-    completion = oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=12, temperature=0)
+def test_greedy_completion_equals_mpt_over_grpc(each_oai, direct):
+    completion = each_oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=12, temperature=0)
     expected = direct.generate(PROMPT, max_new_tokens=12, do_sample=False)
     [choice] = completion.choices
     assert choice.text == expected.text and choice.finish_reason == expected.finish_reason
@@ -85,9 +120,9 @@ def test_greedy_completion_equals_mpt_over_grpc(oai, direct):
     assert completion.usage.total_tokens == expected.num_input_tokens + expected.num_output_tokens
 
 
-def test_streamed_completion_equals_the_whole_one(oai, direct):
+def test_streamed_completion_equals_the_whole_one(each_oai, direct):
     expected = direct.generate(PROMPT, max_new_tokens=16, min_new_tokens=16, do_sample=False)
-    chunks = list(oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=16, temperature=0, stream=True,
+    chunks = list(each_oai.completions.create(model="mpt", prompt=PROMPT, max_tokens=16, temperature=0, stream=True,
                                          stream_options={"include_usage": True}, extra_body={"min_tokens": 16}))
     text = "".join(choice.text for chunk in chunks for choice in chunk.choices)
     finished = [choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason]
@@ -197,9 +232,9 @@ def assert_cancelled(server, before: tuple[float, float]) -> None:
     assert cancelled_now >= 1, "every choice finished before the client left: nothing was cancelled"
 
 
-def test_a_stream_broken_off_by_the_client_frees_its_batch_slots(oai, server):
+def test_a_stream_broken_off_by_the_client_frees_its_batch_slots(each_oai, server):
     before = mpt_ended(server)
-    stream = oai.completions.create(model="mpt", prompt=PROMPT, stream=True, max_tokens=LONG["max_tokens"],
+    stream = each_oai.completions.create(model="mpt", prompt=PROMPT, stream=True, max_tokens=LONG["max_tokens"],
                                     temperature=0, n=CHOICES, extra_body={"min_tokens": LONG["min_tokens"]})
     for _, _ in zip(range(3), stream):
         pass
@@ -207,9 +242,9 @@ def test_a_stream_broken_off_by_the_client_frees_its_batch_slots(oai, server):
     assert_cancelled(server, before)
 
 
-def test_a_whole_completion_abandoned_by_the_client_is_cancelled(frontend, server):
+def test_a_whole_completion_abandoned_by_the_client_is_cancelled(each_frontend, server):
     before = mpt_ended(server)
-    connection = http.client.HTTPConnection("127.0.0.1", frontend.port, timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", each_frontend.port, timeout=60)
     connection.request("POST", "/v1/completions", json.dumps({"model": "mpt", "prompt": PROMPT, **LONG}),
                        {"Content-Type": "application/json"})
     wait_for(lambda: mpt_running(server) > 0, timeout=30)
@@ -263,8 +298,9 @@ def test_the_server_keeps_serving_after_errors(oai):
     assert post_error.choices[0].finish_reason in ("stop", "length")
 
 
-def test_unreachable_triton_is_503_with_retry_after(tmp_path):
-    with FrontendProcess(f"127.0.0.1:{free_port()}", free_port(), log_file=tmp_path / "f.log") as lonely:
+@pytest.mark.parametrize("protocol", TRITON_PROTOCOLS)
+def test_unreachable_triton_is_503_with_retry_after(tmp_path, protocol):
+    with FrontendProcess(f"{protocol}://127.0.0.1:{free_port()}", free_port(), log_file=tmp_path / "f.log") as lonely:
         status, body, headers = post(f"{lonely.url}/v1/completions",
                                      json.dumps({"model": "mpt", "prompt": "x"}).encode())
         assert status == 503 and headers["Retry-After"] == "1" and body["error"]["type"] == "server_error"
@@ -273,11 +309,12 @@ def test_unreachable_triton_is_503_with_retry_after(tmp_path):
         assert caught.value.code == 503
 
 
-def test_mpt_at_capacity_is_503_with_retry_after(tmp_path):
+@pytest.mark.parametrize("protocol", TRITON_PROTOCOLS)
+def test_mpt_at_capacity_is_503_with_retry_after(tmp_path, protocol):
     """On the server with 2 batch slots and a queue of 2 (tests/reliability.py), 8 choices at
     once overflow it: the request gets 503, and the next one is served again."""
     limited = limited_server()
-    with FrontendProcess(limited.grpc_url, free_port(), log_file=tmp_path / "f.log") as front:
+    with FrontendProcess(triton_url(limited, protocol), free_port(), log_file=tmp_path / "f.log") as front:
         body = {"model": "mpt", "prompt": PROMPT, "n": 8, "max_tokens": 64, "min_tokens": 64, "temperature": 0}
         status, answer, headers = post(f"{front.url}/v1/completions", json.dumps(body).encode())
         assert status == 503 and headers["Retry-After"] == "1", answer
@@ -294,7 +331,7 @@ def test_mpt_at_capacity_is_503_with_retry_after(tmp_path):
 
 
 def test_api_key_is_required_when_set(server, tmp_path):
-    with FrontendProcess(server.grpc_url, free_port(), api_key="sesame", log_file=tmp_path / "f.log") as locked:
+    with FrontendProcess(f"http://{server.http_url}", free_port(), api_key="sesame", log_file=tmp_path / "f.log") as locked:
         with openai.OpenAI(base_url=f"{locked.url}/v1", api_key="wrong", max_retries=0) as client:
             with pytest.raises(openai.AuthenticationError):
                 client.models.list()

@@ -14,6 +14,8 @@ from mosaic_serving.frontend.body import ANY_VALUE, Body, parse_json_object
 from mosaic_serving.frontend.catalog import Kind, kind_of
 from mosaic_serving.frontend.chat import CHATML_SYSTEM, INSTRUCT_PREAMBLE, chat_format, chatml, instruct
 from mosaic_serving.frontend import FrontendPortInUseError, FrontendProcess
+from mosaic_serving.frontend.process import FrontendStartError
+from mosaic_serving.frontend.state import triton_endpoint
 from mosaic_serving.frontend.errors import APIError
 from mosaic_serving.launcher.server import free_port
 
@@ -98,13 +100,26 @@ def test_a_stream_error_saying_retry_later_is_unavailable():
     assert APIError(503, "busy").headers() == {"Retry-After": "1"} and APIError(400, "bad").headers() == {}
 
 
+def test_triton_url_names_its_protocol():
+    assert triton_endpoint("http://localhost:8000") == ("http", "localhost:8000")
+    assert triton_endpoint("grpc://triton:8001/") == ("grpc", "triton:8001")
+    for url in ("localhost:8001", "https://localhost:8000", "grpc://"):
+        with pytest.raises(ValueError, match="http://HOST:PORT or grpc://HOST:PORT"):
+            triton_endpoint(url)
+
+
+def test_frontend_refuses_a_triton_url_without_protocol(tmp_path):
+    with pytest.raises(FrontendStartError, match="exited with 2(.|\n)*grpc://HOST:PORT"):
+        FrontendProcess("localhost:8001", free_port(), log_file=tmp_path / "f.log").start()
+
+
 def test_frontend_process_refuses_a_taken_port_and_stops(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
         with pytest.raises(FrontendPortInUseError, match=str(taken)):
-            FrontendProcess("127.0.0.1:1", taken, log_file=tmp_path / "f.log").start()
-    with FrontendProcess("127.0.0.1:1", free_port(), log_file=tmp_path / "f.log") as running:
+            FrontendProcess("http://127.0.0.1:1", taken, log_file=tmp_path / "f.log").start()
+    with FrontendProcess("http://127.0.0.1:1", free_port(), log_file=tmp_path / "f.log") as running:
         assert running.process.poll() is None
     assert running.process.returncode is not None

@@ -190,7 +190,7 @@ def test_the_environment_is_built_once_and_named_in_the_config(imported, tmp_pat
 @pytest.fixture(scope="module")
 def frontend(mosaicml_server, tmp_path_factory):
     log = tmp_path_factory.mktemp("mosaicml-frontend") / "frontend.log"
-    with FrontendProcess(mosaicml_server.grpc_url, free_port(), log_file=log) as running:
+    with FrontendProcess(f"http://{mosaicml_server.http_url}", free_port(), log_file=log) as running:
         yield running
 
 

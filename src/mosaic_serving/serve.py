@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_env = {**os.environ, **({} if args.real else tiny_model_env())}
         tokenizer = ["--tokenizer", model_env["MPT_MODEL"]] if model_env.get("MPT_MODEL") else []
-        frontend = FrontendProcess(server.grpc_url, args.frontend_port, args.address, args=tokenizer)
+        frontend = FrontendProcess(f"http://{server.http_url}", args.frontend_port, args.address, args=tokenizer)
         try:
             frontend.start()
         except FrontendStartError as error:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
+import sys
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -33,6 +35,16 @@ from mosaic_client.transport import TRANSPORTS
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+if sys.version_info >= (3, 11):
+    async def _within(awaitable: Awaitable[T], seconds: float | None) -> T:
+        """`awaitable`'s result, or TimeoutError after `seconds` (None: no limit). Unlike
+        Python 3.11's wait_for, it makes no task: a stream waits this way for every piece."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:
+    _within = asyncio.wait_for
 
 
 @contextlib.contextmanager
@@ -125,8 +137,25 @@ class AsyncClient:
 
     async def _generation(self, prompt: str, params: dict[str, Any], include_prompt: bool,
                           model: str | None = None) -> Generation:
+        if self.protocol == "http":
+            with _translated():
+                return await _within(self._joined_stream(prompt, params, include_prompt, model), self.timeout)
         call = generation_call(model or self.models.mpt, prompt, params, stream=False, include_prompt=include_prompt)
         return generation(await self._last(call))
+
+    async def _joined_stream(self, prompt: str, params: dict[str, Any], include_prompt: bool,
+                             model: str | None) -> Generation:
+        """A whole generation read as a stream. Triton's HTTP server cancels a request whose
+        client has left only when it fails to send that request's next response, so a whole
+        generation asked for at once would run to its end; a stream stops at its next piece."""
+        texts = [prompt] if include_prompt else []
+        last = None
+        async with contextlib.aclosing(self.stream_generation(prompt, model=model, **params)) as pieces:
+            async for last in pieces:
+                texts.append(last.text)
+        if last is None:
+            raise ServerError(f"{model or self.models.mpt} sent no response")
+        return dataclasses.replace(last, text="".join(texts))
 
     # ---- embeddings (instructor) ------------------------------------------------------------
 
@@ -200,13 +229,13 @@ class AsyncClient:
     async def health(self) -> Health:
         """Whether the server is live and ready, and each model's readiness (not retried)."""
         with _translated():
-            return await asyncio.wait_for(self.transport.health(), self.timeout)
+            return await _within(self.transport.health(), self.timeout)
 
     async def model_config(self, model: str) -> dict[str, Any]:
         """The model's configuration as Triton reports it (config.pbtxt as JSON: inputs,
         outputs, max_batch_size, model_transaction_policy, parameters)."""
         with _translated():
-            return await asyncio.wait_for(self.transport.model_config(model), self.timeout)
+            return await _within(self.transport.model_config(model), self.timeout)
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -217,7 +246,7 @@ class AsyncClient:
             with _translated():
                 while True:
                     try:
-                        response = await asyncio.wait_for(responses.__anext__(), self.timeout)
+                        response = await _within(responses.__anext__(), self.timeout)
                     except StopAsyncIteration:
                         return
                     yield response
@@ -236,7 +265,7 @@ class AsyncClient:
 
     async def _infer(self, call: Call, output: str) -> np.ndarray:
         with _translated():
-            return await asyncio.wait_for(self.transport.infer(call, output), self.timeout)
+            return await _within(self.transport.infer(call, output), self.timeout)
 
     async def _idempotent(self, call: Call, output: str) -> np.ndarray:
         """_infer, retried with exponential backoff while the server is unavailable."""

@@ -5,10 +5,10 @@ Callers catch one small hierarchy instead of tritonclient's InferenceServerExcep
 asyncio's errors.
 
 Over a gRPC stream (how `mpt` and streaming custom models are called) Triton sends an error
-as a message without a status code; such errors are reported as BadRequestError, since a
-model that answers with an error message has refused the request. That includes an unknown
-model, which plain inference and HTTP report as NOT_FOUND. The one exception is a model at
-capacity (`mpt`'s full queue, a streaming handler's `max_concurrent_requests`): the models
+as a message without a status code, and its HTTP `generate` endpoints answer every model
+error with 400; such errors are reported as BadRequestError, since a model that answers with
+an error message has refused the request. That includes an unknown model, which plain
+inference reports as NOT_FOUND. The one exception is a model at capacity (`mpt`'s full queue, a streaming handler's `max_concurrent_requests`): the models
 end that message with "retry later", and it is reported as ServerUnavailableError.
 """
 

@@ -21,9 +21,11 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
+from tritonclient.grpc import service_pb2_grpc
 
-from mosaic_client.calls import Call, Health, plain
+from mosaic_client.calls import Call, Health
 from mosaic_client.errors import from_status
+from mosaic_client.grpc_messages import outputs, stream_request
 
 
 class Transport(ABC):
@@ -78,13 +80,27 @@ class GrpcTransport(Transport):
     def __init__(self, url: str):
         super().__init__(url)
         self._client: grpcclient.InferenceServerClient | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._streams: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         self._cancelled_streams = False
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
+        """tritonclient's client, for plain inference and the server's state."""
+        self._open()
+        return self._client
+
+    @property
+    def streams(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        """The service stub on a channel of our own, for response streams (see `responses`)."""
+        self._open()
+        return self._streams
+
+    def _open(self) -> None:
         if not self._bound() or self._client is None:
             self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
-        return self._client
+            self._channel = grpc.aio.insecure_channel(self.url, options=_CHANNEL_ARGS)
+            self._streams = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def infer(self, call: Call, output: str) -> np.ndarray:
         outputs = [grpcclient.InferRequestedOutput(output)]
@@ -92,32 +108,26 @@ class GrpcTransport(Transport):
         return result.as_numpy(output)
 
     async def responses(self, call: Call) -> AsyncIterator[dict[str, Any]]:
-        # The gRPC call is read directly: tritonclient's iterator over it is an async generator
-        # that, when left unfinished (at the final response, or cancelled), keeps the call in
-        # a reference cycle, holding the connection open until the garbage collector runs.
-        grpc_call = self.client.stream_infer(self._one_request(call))._grpc_call
+        # One ModelStreamInfer call per request, written and read directly: tritonclient's
+        # stream_infer feeds the call from an async generator (a task per call) and wraps each
+        # response, which cost as much CPU as the call; and an async generator left unfinished
+        # keeps its call in a reference cycle, holding the connection until the next collection.
+        grpc_call = self.streams.ModelStreamInfer()
         try:
+            await grpc_call.write(stream_request(call))
+            await grpc_call.done_writing()  # our only request: the stream's sending side closes
             while (message := await grpc_call.read()) is not grpc.aio.EOF:
                 if message.error_message:
                     raise from_status(None, message.error_message)
                 response = message.infer_response
                 if response.outputs:
-                    result = grpcclient.InferResult(response)
-                    yield {output.name: plain(result.as_numpy(output.name)) for output in response.outputs}
+                    yield outputs(response)
                 if response.parameters["triton_final_response"].bool_param:
-                    await grpc_call.code()  # the call ends next (we sent our only request)
+                    await grpc_call.code()  # the call ends next
                     return
         finally:
             if grpc_call.cancel():  # the call was still running: Triton cancels the request
                 self._cancelled_streams = True
-
-    async def _one_request(self, call: Call) -> AsyncIterator[dict[str, Any]]:
-        """The stream's requests: this call's only; the stream's sending side closes after it."""
-        yield {
-            "model_name": call.model,
-            "inputs": _infer_inputs(grpcclient, call),
-            "parameters": {"triton_enable_empty_final_response": True},
-        }
 
     async def health(self) -> Health:
         client = self.client
@@ -131,7 +141,8 @@ class GrpcTransport(Transport):
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
-            self._client = None
+            await self._channel.close()
+            self._client = self._channel = self._streams = None
             if self._cancelled_streams:
                 # grpc.aio sends the cancellations and closes the connection on this event
                 # loop; if the loop ended first, the connection would stay open (and the
@@ -148,8 +159,10 @@ class HttpTransport(Transport):
     def _clients(self) -> tuple[httpclient.InferenceServerClient, aiohttp.ClientSession]:
         if not self._bound() or self._client is None:
             # Timeouts are AsyncClient's (per call), not the sessions' (60 s or 5 min per request).
-            self._client = httpclient.InferenceServerClient(self.url, conn_timeout=None)
-            self._session = aiohttp.ClientSession(f"http://{self.url}", timeout=aiohttp.ClientTimeout(total=None))
+            self._client = httpclient.InferenceServerClient(self.url, conn_timeout=None, conn_limit=0)
+            # No limit on connections: each stream in flight holds one.
+            self._session = aiohttp.ClientSession(f"http://{self.url}", timeout=aiohttp.ClientTimeout(total=None),
+                                                  connector=aiohttp.TCPConnector(limit=0))
         return self._client, self._session
 
     async def infer(self, call: Call, output: str) -> np.ndarray:
@@ -164,7 +177,10 @@ class HttpTransport(Transport):
         response = await session.post(f"/v2/models/{call.model}/{endpoint}", json=call.json_body())
         try:
             if response.status != 200:
-                raise from_status(str(response.status), _error_message(await response.text()))
+                # Triton answers a model's own error with 400 whatever its code, so (as on a
+                # gRPC stream) its message tells a model at capacity from a refused request.
+                status = None if response.status == 400 else str(response.status)
+                raise from_status(status, _error_message(await response.text()))
             if not call.streaming:
                 yield json.loads(await response.text())
                 return

@@ -1,21 +1,24 @@
 """What the HTTP frontend adds over calling Triton directly: time to first token, whole
-request latency and throughput, through the frontend and straight over gRPC, in one run.
+request latency and throughput, through the frontend and straight over gRPC and HTTP, in one run.
 
     python -m mosaic_serving.benchmark.frontend [--requests 64] [--concurrency 1 16]
-    python -m mosaic_serving.benchmark.frontend --triton-grpc HOST:PORT --frontend http://HOST:9000
+    python -m mosaic_serving.benchmark.frontend --triton-grpc HOST:PORT --triton-http HOST:PORT \
+        --frontend http://HOST:9000 [--frontend before=http://HOST:9100 ...]
 
-Without addresses it starts Triton (the tiny `mpt` and `custom_example`) and the frontend on
-free ports. Both paths are driven the same way, from one asyncio process: `mpt` streams of
-`--tokens` greedy tokens (POST /v1/completions with `stream` vs `AsyncClient.stream_generation`),
-and `custom_example` calls that do almost no work (POST /custom_example/predict vs
-`AsyncClient.call_handler`), which show the frontend's own cost per request. The two paths
-alternate per round so that load from elsewhere falls on both alike.
+Without addresses it starts Triton (the tiny `mpt` and `custom_example`) and two frontends on
+free ports, one calling Triton over HTTP (the default) and one over gRPC. Every path is driven
+the same way, from one asyncio process: `mpt` streams of `--tokens` greedy tokens (POST
+/v1/completions with `stream` vs `AsyncClient.stream_generation`), and `custom_example` calls
+that do almost no work (POST /custom_example/predict vs `AsyncClient.call_handler`), which
+show the frontend's own cost per request. The paths alternate per round so that load from
+elsewhere falls on all alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -111,18 +114,22 @@ def frontend_handler(session: aiohttp.ClientSession) -> Call:
     return call
 
 
-async def measure(triton_grpc: str, frontend_url: str, requests: int, concurrencies: list[int], tokens: int,
-                  rounds: int) -> list[dict]:
+async def measure(triton_grpc: str, triton_http: str, frontends: dict[str, str], requests: int,
+                  concurrencies: list[int], tokens: int, rounds: int) -> list[dict]:
+    """Rows of the table: each workload through each path (`frontends`: label -> base URL)."""
     rows = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with AsyncClient(triton_grpc, timeout=300, max_concurrency=256) as client, \
-            aiohttp.ClientSession(frontend_url, connector=connector) as session:
-        paths = {
-            ("mpt stream", "direct gRPC"): direct_stream(client, tokens),
-            ("mpt stream", "frontend"): frontend_stream(session, tokens),
-            ("custom_example", "direct gRPC"): direct_handler(client),
-            ("custom_example", "frontend"): frontend_handler(session),
-        }
+    async with contextlib.AsyncExitStack() as stack:
+        paths: dict[tuple[str, str], Call] = {}
+        for protocol, url in (("gRPC", triton_grpc), ("HTTP", triton_http)):
+            client = await stack.enter_async_context(AsyncClient(url, protocol.lower(), timeout=300,
+                                                                 max_concurrency=256))
+            paths["mpt stream", f"direct {protocol}"] = direct_stream(client, tokens)
+            paths["custom_example", f"direct {protocol}"] = direct_handler(client)
+        for label, url in frontends.items():
+            session = await stack.enter_async_context(aiohttp.ClientSession(
+                url, connector=aiohttp.TCPConnector(limit=0)))
+            paths["mpt stream", label] = frontend_stream(session, tokens)
+            paths["custom_example", label] = frontend_handler(session)
         for call in paths.values():  # warm up connections and code paths
             await run(call, 4, 2)
         for concurrency in concurrencies:
@@ -133,9 +140,18 @@ async def measure(triton_grpc: str, frontend_url: str, requests: int, concurrenc
                     merged[key].first_ms += timings.first_ms
                     merged[key].whole_ms += timings.whole_ms
                     merged[key].seconds += timings.seconds
-            for (workload, path), timings in merged.items():
+            for (workload, path), timings in sorted(merged.items(), key=lambda item: item[0][0], reverse=True):
                 rows.append({"workload": workload, "path": path, "concurrency": concurrency, **timings.summary()})
     return rows
+
+
+def labelled(urls: list[str]) -> dict[str, str]:
+    """label -> URL from `--frontend` values, "URL" (label `frontend`) or "LABEL=URL"."""
+    result = {}
+    for value in urls:
+        label, separator, url = value.partition("=")
+        result[label if separator else "frontend"] = url if separator else value
+    return result
 
 
 def table(rows: list[dict]) -> str:
@@ -148,8 +164,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--triton-grpc", help="a running Triton (default: start one with the tiny models)")
-    parser.add_argument("--frontend", help="a running frontend's URL (default: start one)")
+    parser.add_argument("--triton-grpc", help="a running Triton's gRPC address (default: start one with the tiny "
+                        "models, and its frontends)")
+    parser.add_argument("--triton-http", help="the running Triton's HTTP address")
+    parser.add_argument("--frontend", action="append", default=[],
+                        help="a running frontend's URL, or LABEL=URL; repeatable (default: start them)")
     parser.add_argument("--requests", type=int, default=64, help="requests per path and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--tokens", type=int, default=16, help="tokens each mpt stream generates")
@@ -163,16 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     from mosaic_serving.serve import tiny_model_env
     from mosaic_serving.launcher.server import LocalTritonServer, free_port
 
+    if (args.triton_grpc is None) != (args.triton_http is None) or (args.frontend and not args.triton_grpc):
+        parser.error("a running Triton takes both --triton-grpc and --triton-http, and --frontend needs them")
     with ExitStack() as stack:
-        triton_grpc = args.triton_grpc
+        triton_grpc, triton_http, frontends = args.triton_grpc, args.triton_http, labelled(args.frontend)
         if triton_grpc is None:
-            server = LocalTritonServer(REPOSITORY, models=["mpt", "custom_example"], env=tiny_model_env({}))
-            triton_grpc = stack.enter_context(server).grpc_url
-        frontend_url = args.frontend
-        if frontend_url is None:
-            frontend_url = stack.enter_context(FrontendProcess(triton_grpc, free_port())).url
-        rows = asyncio.run(measure(triton_grpc, frontend_url, args.requests, args.concurrency, args.tokens,
-                                   args.rounds))
+            server = stack.enter_context(LocalTritonServer(REPOSITORY, models=["mpt", "custom_example"],
+                                                           env=tiny_model_env({})))
+            triton_grpc, triton_http = server.grpc_url, server.http_url
+            for label, url in (("frontend", f"http://{triton_http}"), ("frontend over gRPC", f"grpc://{triton_grpc}")):
+                frontends[label] = stack.enter_context(FrontendProcess(url, free_port())).url
+        rows = asyncio.run(measure(triton_grpc, triton_http, frontends, args.requests, args.concurrency,
+                                   args.tokens, args.rounds))
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -1,5 +1,5 @@
 """`python -m mosaic_serving.frontend`: the HTTP frontend (OpenAI and MosaicML APIs) in front
-of a Triton server reached over gRPC."""
+of a Triton server, reached over HTTP (default) or gRPC."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import uvicorn
 
 from mosaic_serving.frontend.app import create_app
 from mosaic_serving.frontend.chat import FORMATS
-from mosaic_serving.frontend.state import API_KEY_VARIABLE, DEFAULT_INSTRUCTION, Settings
+from mosaic_serving.frontend.state import API_KEY_VARIABLE, DEFAULT_INSTRUCTION, DEFAULT_TRITON, Settings
 
 log = logging.getLogger("mosaic_serving.frontend")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mosaic_serving.frontend", description=__doc__)
-    parser.add_argument("--triton-grpc", default="localhost:8001", help="Triton's gRPC address (host:port)")
+    parser.add_argument("--triton", default=DEFAULT_TRITON,
+                        help="Triton's URL: http://HOST:PORT (its HTTP port, the default) or grpc://HOST:PORT")
     parser.add_argument("--address", default="127.0.0.1",
                         help="interface to listen on (default: localhost only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=9000)
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.api_key and not is_local(args.address):
         log.warning("listening on %s without an API key: anyone who reaches it can use the models "
                     "(set --api-key or $%s)", args.address, API_KEY_VARIABLE)
-    settings = Settings(triton_grpc=args.triton_grpc, api_key=args.api_key, tokenizer=args.tokenizer,
+    settings = Settings(triton=args.triton, api_key=args.api_key, tokenizer=args.tokenizer,
                         chat_format=args.chat_format, default_max_tokens=args.default_max_tokens,
                         max_n=args.max_n, default_instruction=args.default_instruction, timeout_s=args.timeout)
     try:
         app = create_app(settings)
-    except ValueError as error:  # a chat format that cannot be had
+    except ValueError as error:  # a chat format that cannot be had, a Triton URL without its protocol
         print(f"error: {error}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.address, port=args.port, log_level=args.log_level, access_log=args.access_log,

@@ -328,25 +328,24 @@ async def _events(request: TextRequest, chat: bool, choices: list, first: tuple[
     chunk = _Chunks(request, chat)
     results: dict[int, Generation] = {}
 
-    def events(position: int, piece: Generation) -> list[bytes]:
+    def events(position: int, piece: Generation) -> bytes:
+        """The piece's chunks (its text, then its finish), as one write."""
         index = choices[position][0]
-        out = []
+        out = b""
         if piece.text or (chat and index not in chunk.started):
-            out.append(chunk(index, piece.text, None))
+            out += chunk(index, piece.text, None)
         if piece.finish_reason:
             results[index] = piece
-            out.append(chunk(index, None if chat else "", piece.finish_reason))
+            out += chunk(index, None if chat else "", piece.finish_reason)
         return out
 
     try:
         if request.echo:
             for index, prompt, _ in choices:
                 yield chunk(index, prompt, None)
-        for event in events(*first):
-            yield event
+        yield events(*first)
         async for position, piece in pieces:
-            for event in events(position, piece):
-                yield event
+            yield events(position, piece)
         if request.include_usage:
             usage = {**_envelope(request, chat, stream=True), "choices": [], "usage": _usage(request, results)}
             yield _sse(usage)

@@ -33,16 +33,17 @@ class FrontendPortInUseError(FrontendStartError):
 
 
 class FrontendProcess:
-    """`python -m mosaic_serving.frontend` for Triton at `triton_grpc`, on `address:port`.
+    """`python -m mosaic_serving.frontend` for Triton at `triton` (http://HOST:PORT or
+    grpc://HOST:PORT), on `address:port`.
 
     `args` are further command-line options (e.g. ["--tokenizer", path]); the API key goes
     through the environment, not the command line, so that `ps` does not show it.
     """
 
-    def __init__(self, triton_grpc: str, port: int = 9000, address: str = "127.0.0.1", *,
+    def __init__(self, triton: str, port: int = 9000, address: str = "127.0.0.1", *,
                  api_key: str | None = None, args: list[str] | None = None, log_file: Path | None = None,
                  startup_timeout: float = 60.0):
-        self.triton_grpc = triton_grpc
+        self.triton = triton
         self.port = port
         self.address = address
         self.api_key = api_key
@@ -58,7 +59,7 @@ class FrontendProcess:
         return f"http://{host}:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mosaic_serving.frontend", "--triton-grpc", self.triton_grpc,
+        return [sys.executable, "-m", "mosaic_serving.frontend", "--triton", self.triton,
                 "--address", self.address, "--port", str(self.port), *self.args]
 
     def start(self) -> "FrontendProcess":
