@@ -72,21 +72,71 @@ def exact(new_tokens: int, **extra) -> SamplingParams:
     return SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, **extra)
 
 
+def count_separate_prefills(engine: GenerationEngine) -> list[int]:
+    """A counter of the prompts the engine prefills in a pass of their own (not joined to a
+    decode step's pass)."""
+    decoder, count = engine.runner.decoder, [0]
+    prefill = decoder.prefill
+
+    def counted(input_ids, *args):
+        count[0] += input_ids.shape[0]
+        return prefill(input_ids, *args)
+
+    decoder.prefill = counted
+    return count
+
+
 @pytest.mark.parametrize("compile_mode", ["none", "prepack", "auto", "freeze"])
 def test_greedy_requests_joining_mid_stream_equal_generate(tiny, untouched, compile_mode):
-    """Different prompt lengths and lengths of output, each joining while others decode;
-    "prepack" runs oneDNN's packed kernels, "auto" (on the CPU: inductor over dynamic shapes)
-    and "freeze" the compiled decode step. Dynamic shapes compile nothing after the load,
-    though the rows and the cache columns a step reads change."""
+    """Different prompt lengths and lengths of output, each joining while others decode (its
+    prompt in the running batch's decode pass); "prepack" runs oneDNN's packed kernels, "auto"
+    (on the CPU: inductor over dynamic shapes) and "freeze" the compiled decode step. Dynamic
+    shapes compile nothing after the load, though the rows and the cache columns a step reads
+    change."""
     model, tokenizer = tiny
     engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode=compile_mode)
     try:
         step = engine.runner.step
         assert step.fallback_reason is None and step.compiled == (compile_mode in ("auto", "freeze"))
+        separate = count_separate_prefills(engine)
         lengths = [40, 25, 33]
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
         assert texts == [reference(untouched, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
         assert engine.decoded.rows > engine.decoded.steps  # rows shared steps
+        assert separate[0] == 1  # the first prompt, into an empty batch; the others joined a decode pass
+    finally:
+        engine.close()
+
+
+def test_a_request_joining_into_a_freed_slot_below_running_ones_equals_generate(tiny, untouched):
+    """Two slots: the first request ends, the third takes its slot 0 while the second decodes
+    in slot 1, so the joint pass also runs slot 0 as an unused decode row, whose cache writes
+    the prompt's must overwrite."""
+    model, tokenizer = tiny
+    engine = GenerationEngine(model, tokenizer, max_batch_size=2)
+    try:
+        separate = count_separate_prefills(engine)
+        lengths, finals = [3, 40, 30], queue.Queue()
+        texts = [[] for _ in lengths]
+
+        def submit(row: int) -> queue.Queue:
+            first = queue.Queue()
+
+            def on_event(event):
+                texts[row].append(event.text)
+                first.put(True)
+                if event.finish_reason is not None:
+                    finals.put(row)
+            engine.submit(tokenizer(PROMPTS[row])["input_ids"], exact(lengths[row], do_sample=False), on_event)
+            return first
+
+        submit(0).get(timeout=TIMEOUT)
+        submit(1).get(timeout=TIMEOUT)
+        assert finals.get(timeout=TIMEOUT) == 0  # slot 0 is free, slot 1 decodes
+        submit(2)
+        assert sorted(finals.get(timeout=TIMEOUT) for _ in range(2)) == [1, 2]
+        assert ["".join(t) for t in texts] == [reference(untouched, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        assert separate[0] == 1
     finally:
         engine.close()
 

@@ -7,7 +7,8 @@ The engine is split by job, as vLLM's v1 engine core:
 - `BatchSampler`: the next token of every row in one pass on the device, one host sync;
 - `accept_token`: the one stop check (end-of-text, stop strings, max_new_tokens);
 - this class: one thread that loops admit -> prefill -> decode -> sample -> stop check ->
-  emit, and retires finished requests at once, freeing their slots.
+  emit, and retires finished requests at once, freeing their slots. Requests admitted into a
+  running batch are prefilled in the decode step's pass, where the runner can.
 
 Each request keeps its own sampling parameters, seed and stop conditions, and receives its
 own events. Safety: a full waiting queue raises OverloadedError at submit; a failure while
@@ -181,10 +182,13 @@ class GenerationEngine:
             admitted: list[Request] = []
             try:
                 admitted = self._admit()
-                if admitted:
-                    self._prefill(admitted)
-                if self._running:
-                    self._decode()
+                if admitted and self._running and hasattr(self.runner, "prefill_and_decode"):
+                    self._prefill_and_decode(admitted)
+                else:
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._running:
+                        self._decode()
             except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
                 self._fail_all(admitted + self._running, error)
             self._report_load()
@@ -209,6 +213,16 @@ class GenerationEngine:
     def _prefill(self, requests: list[Request]) -> None:
         self._running.extend(requests)
         self._advance(requests, self.runner.prefill(requests))
+
+    def _prefill_and_decode(self, requests: list[Request]) -> None:
+        """New requests join a running batch: their prompts and the batch's next tokens in one
+        pass (one read of the weights), then every row's token chosen together."""
+        running = self._running
+        prefilled, decoded = self.runner.prefill_and_decode(requests, running)
+        self.decoded.steps += 1
+        self.decoded.rows += len(running)
+        self._running = running + requests
+        self._advance(self._running, torch.cat([decoded, prefilled]))
 
     def _decode(self) -> None:
         logits = self.runner.decode(self._running)

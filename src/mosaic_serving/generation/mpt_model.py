@@ -9,6 +9,8 @@ differently from transformers' eager forward, to decode at the speed of reading 
   columns) bias with one subtraction and one masked fill, shared by every layer;
 - attention is `F.scaled_dot_product_attention` over the columns in use (a bucketed prefix
   of the cache), never materialising more than that;
+- requests that join a running batch are prefilled in the decode step's pass over the
+  weights (`prefill_and_decode`), not in a pass of their own;
 - on the CPU, the blocks' matrices are stored input-major (see `store_input_major`).
 
 Weights keep transformers' shapes, which shard for tensor parallelism: `Wqkv` and `up_proj`
@@ -105,18 +107,63 @@ class MptDecoder(nn.Module):
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Right-padded prompts (rows, width) into their slots; logits at each last token (rows, vocab)."""
-        rows, width = input_ids.shape
-        positions = torch.arange(width, device=input_ids.device)
-        bias = self.alibi_table[:, :, :, :width] - self.slopes * positions.view(1, 1, -1, 1)
-        bias = bias.masked_fill(positions.view(1, 1, 1, -1) > positions.view(1, 1, -1, 1), float("-inf"))
+        bias = self._prefill_bias(input_ids.shape[1])
         hidden = self.wte(input_ids)
         for layer, block in enumerate(self.blocks):
             q, k, v = self._qkv(block, hidden)
-            self.cache.keys[layer][slots, :, :width] = k
-            self.cache.values[layer][slots, :, :width] = v
+            self._store_prompt(layer, slots, k, v)
             hidden = self._finish_block(block, hidden, q, k, v, bias)
-        last = hidden[torch.arange(rows, device=hidden.device), lengths - 1]
-        return self._logits(last)
+        return self._logits(self._last_tokens(hidden, lengths))
+
+    def _prefill_bias(self, width: int) -> torch.Tensor:
+        positions = torch.arange(width, device=self.column_index.device)
+        bias = self.alibi_table[:, :, :, :width] - self.slopes * positions.view(1, 1, -1, 1)
+        return bias.masked_fill(positions.view(1, 1, 1, -1) > positions.view(1, 1, -1, 1), float("-inf"))
+
+    def _store_prompt(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        width = k.shape[2]
+        self.cache.keys[layer][slots, :, :width] = k
+        self.cache.values[layer][slots, :, :width] = v
+
+    @staticmethod
+    def _last_tokens(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+
+    # ---- prefill and decode in one pass ------------------------------------------------
+
+    def prefill_and_decode(self, input_ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
+                           tokens: torch.Tensor, positions: torch.Tensor, columns: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`prefill` and `decode` in one pass over the weights: every token of both goes
+        through each matrix product together, attention stays per part. A step that admits
+        requests into a running batch then reads the weights once, not twice (a short prompt
+        costs a whole extra pass otherwise). Returns (prefill logits, decode logits).
+
+        The decode rows are slots 0..len(tokens)-1, as in `decode`; a slot being prefilled may
+        be among them as a throw-away row, so its decode writes go first and the prompt's
+        overwrite them."""
+        rows, width = input_ids.shape
+        dim = self.wte.weight.shape[1]
+        decode_rows = tokens.shape[0]
+        decode_slots = torch.arange(decode_rows, device=tokens.device)
+        prompt_bias, decode_bias = self._prefill_bias(width), self._decode_bias(positions, self.column_index[:columns])
+        hidden = torch.cat([self.wte(input_ids).view(-1, dim), self.wte(tokens)])
+        split = rows * width
+        for layer, block in enumerate(self.blocks):
+            qkv = self._qkv_flat(block, hidden)
+            pq, pk, pv = self._heads(qkv[:split], rows, width)
+            dq, dk, dv = self._heads(qkv[split:], decode_rows, 1)
+            keys, values = self._store_step(layer, decode_slots, positions, dk, dv)
+            self._store_prompt(layer, slots, pk, pv)
+            attended = torch.cat([
+                self._attend(pq, pk, pv, prompt_bias).view(split, dim),
+                self._attend(dq, keys[:decode_rows, :, :columns], values[:decode_rows, :, :columns],
+                             decode_bias).view(decode_rows, dim),
+            ])
+            hidden = self._block_rest(block, hidden, attended)
+        prompt_last = self._last_tokens(hidden[:split].view(rows, width, dim), lengths)
+        logits = self._logits(torch.cat([prompt_last, hidden[split:]]))
+        return logits[:rows], logits[rows:]
 
     # ---- decode ----------------------------------------------------------------------
 
@@ -133,34 +180,59 @@ class MptDecoder(nn.Module):
         int would be compiled in as a constant."""
         rows, columns = tokens.shape[0], key_columns.shape[0]
         slots = torch.arange(rows, device=tokens.device)
-        query_positions = positions.view(-1, 1, 1, 1)
-        bias = self.alibi_table[:, :, :, :columns] - self.slopes * query_positions
-        bias = bias.masked_fill(key_columns.view(1, 1, 1, -1) > query_positions, float("-inf"))
+        bias = self._decode_bias(positions, key_columns)
         hidden = self.wte(tokens).unsqueeze(1)
         for layer, block in enumerate(self.blocks):
             q, k, v = self._qkv(block, hidden)
-            keys, values = self.cache.keys[layer], self.cache.values[layer]
-            keys[slots, :, positions] = k[:, :, 0]
-            values[slots, :, positions] = v[:, :, 0]
+            keys, values = self._store_step(layer, slots, positions, k, v)
             hidden = self._finish_block(block, hidden, q, keys[:rows, :, :columns], values[:rows, :, :columns], bias)
         return self._logits(hidden[:, 0])
+
+    def _decode_bias(self, positions: torch.Tensor, key_columns: torch.Tensor) -> torch.Tensor:
+        query_positions = positions.view(-1, 1, 1, 1)
+        bias = self.alibi_table[:, :, :, :key_columns.shape[0]] - self.slopes * query_positions
+        return bias.masked_fill(key_columns.view(1, 1, 1, -1) > query_positions, float("-inf"))
+
+    def _store_step(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one token's key and value per slot at its position; the layer's whole cache."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[slots, :, positions] = k[:, :, 0]
+        values[slots, :, positions] = v[:, :, 0]
+        return keys, values
 
     # ---- shared pieces ---------------------------------------------------------------
 
     def _qkv(self, block: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, width, _ = hidden.shape
+        return self._heads(self._qkv_flat(block, hidden), rows, width)
+
+    def _qkv_flat(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's queries, keys and values side by side, in `hidden`'s shape (..., 3 x dim)."""
         normed = F.layer_norm(hidden, block.norm_1.normalized_shape, block.norm_1.weight, block.norm_1.bias, self.eps)
         qkv = self._linear(block.attn.Wqkv, normed)
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+        return qkv
+
+    def _heads(self, qkv: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of `qkv` as (rows, heads, width, head_dim) each."""
         qkv = qkv.view(rows, width, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Attention output as (rows, width, heads x head_dim)."""
+        rows, _, width, _ = q.shape
+        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
+        return attended.transpose(1, 2).reshape(rows, width, -1)
+
     def _finish_block(self, block: nn.Module, hidden: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
                       values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        rows, width, _ = hidden.shape
-        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
-        hidden = hidden + self._linear(block.attn.out_proj, attended.transpose(1, 2).reshape(rows, width, -1))
+        return self._block_rest(block, hidden, self._attend(q, keys, values, bias))
+
+    def _block_rest(self, block: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The block after attention: output projection, residual, MLP, residual."""
+        hidden = hidden + self._linear(block.attn.out_proj, attended)
         normed = F.layer_norm(hidden, block.norm_2.normalized_shape, block.norm_2.weight, block.norm_2.bias, self.eps)
         return hidden + self._linear(block.ffn.down_proj, F.gelu(self._linear(block.ffn.up_proj, normed)))
 

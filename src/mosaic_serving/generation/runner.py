@@ -42,16 +42,37 @@ class MptRunner:
         return self.cache.free_slots
 
     def prefill(self, requests: list[Request]) -> torch.Tensor:
+        input_ids, lengths, slots = self._prompts(requests)
+        self._start(slots, lengths)
+        return self.decoder.prefill(input_ids, lengths, slots)
+
+    def prefill_and_decode(self, requests: list[Request], running: list[Request]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`prefill(requests)` and `decode(running)` in one pass over the weights (eager: the
+        compiled graphs are the decode step's alone)."""
+        span = self.cache.span()  # the decode rows: slots in use before these requests take theirs
+        input_ids, lengths, slots = self._prompts(requests)
+        columns = self.decoder.columns_for(max(r.length for r in running))
+        prefilled, decoded = self.decoder.prefill_and_decode(input_ids, lengths, slots, self._tokens[:span],
+                                                             self._positions[:span], columns)
+        self._positions[:span] += self._live[:span]
+        self._start(slots, lengths)
+        return prefilled, self._rows_of(decoded, running, span)
+
+    def _prompts(self, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded prompt ids, their lengths and the slots the requests now hold."""
         width = max(len(r.prompt_ids) for r in requests)
         input_ids = torch.zeros(len(requests), width, dtype=torch.long)
         for row, request in enumerate(requests):
             request.slot = self.cache.allocate()
             input_ids[row, : len(request.prompt_ids)] = torch.tensor(request.prompt_ids)
         lengths = torch.tensor([len(r.prompt_ids) for r in requests], device=self.device)
-        slots = torch.tensor([r.slot for r in requests], device=self.device)
+        return input_ids.to(self.device), lengths, self._slots(requests)
+
+    def _start(self, slots: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Prompts are in these slots: their next token goes at the position after them."""
         self._positions[slots] = lengths
         self._live[slots] = 1
-        return self.decoder.prefill(input_ids.to(self.device), lengths, slots)
 
     def set_next_tokens(self, requests: list[Request], tokens: torch.Tensor) -> None:
         """The tokens just chosen (a device tensor, one per request) are fed at the next step."""
@@ -62,6 +83,10 @@ class MptRunner:
         columns = self.decoder.columns_for(max(r.length for r in requests))
         logits = self.step(self._tokens[:span], self._positions[:span], columns)
         self._positions[:span] += self._live[:span]  # a free slot's throw-away row stays at 0
+        return self._rows_of(logits, requests, span)
+
+    def _rows_of(self, logits: torch.Tensor, requests: list[Request], span: int) -> torch.Tensor:
+        """The rows of a step over slots 0..span-1 that belong to `requests`, in their order."""
         slots = [r.slot for r in requests]
         if slots == list(range(span)):
             return logits
