@@ -8,8 +8,9 @@ Over a gRPC stream (how `mpt` and streaming custom models are called) Triton sen
 as a message without a status code, and its HTTP `generate` endpoints answer every model
 error with 400; such errors are reported as BadRequestError, since a model that answers with
 an error message has refused the request. That includes an unknown model, which plain
-inference reports as NOT_FOUND. The one exception is a model at capacity (`mpt`'s full queue, a streaming handler's `max_concurrent_requests`): the models
-end that message with "retry later", and it is reported as ServerUnavailableError.
+inference reports as NOT_FOUND. The one exception is a model at capacity (`mpt`'s full
+queue, a streaming handler's `max_concurrent_requests`): the models end that message with
+"retry later", and it is reported as ServerUnavailableError.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ async def measure(triton_grpc: str, triton_http: str, frontends: dict[str, str],
                     merged[key].first_ms += timings.first_ms
                     merged[key].whole_ms += timings.whole_ms
                     merged[key].seconds += timings.seconds
-            for (workload, path), timings in sorted(merged.items(), key=lambda item: item[0][0], reverse=True):
+            mpt_first = sorted(merged.items(), key=lambda item: item[0][0] != "mpt stream")  # stable: paths in order
+            for (workload, path), timings in mpt_first:
                 rows.append({"workload": workload, "path": path, "concurrency": concurrency, **timings.summary()})
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mosaic_client import AsyncClient
+from mosaic_client.aio import server_address
 
 from mosaic_serving.frontend.catalog import Catalog
 from mosaic_serving.frontend.chat import ChatFormat, chat_format
@@ -21,7 +22,7 @@ def triton_endpoint(url: str) -> tuple[str, str]:
     protocol, separator, address = url.partition("://")
     if not separator or protocol not in ("http", "grpc") or not address.strip("/"):
         raise ValueError(f"Triton's URL must be http://HOST:PORT or grpc://HOST:PORT, got {url!r}")
-    return protocol, address.strip("/")
+    return protocol, server_address(url, protocol)
 
 
 @dataclass
