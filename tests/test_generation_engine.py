@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from mosaic_serving.generation import GenerationEngine, SamplingParams
+from mosaic_serving.generation import GenerationEngine, SamplingParams, cpu_kernels
 from mosaic_serving.generation import decode_step as decode_step_module
 from mosaic_serving.generation.request import Request
 from mosaic_serving.generation.runner import MptRunner, TransformersRunner
@@ -86,18 +86,19 @@ def count_separate_prefills(engine: GenerationEngine) -> list[int]:
     return count
 
 
-@pytest.mark.parametrize("compile_mode", ["none", "prepack", "auto", "freeze"])
+@pytest.mark.parametrize("compile_mode", ["none", "prepack", "default", "auto", "freeze"])
 def test_greedy_requests_joining_mid_stream_equal_generate(tiny, untouched, compile_mode):
     """Different prompt lengths and lengths of output, each joining while others decode (its
-    prompt in the running batch's decode pass); "prepack" runs oneDNN's packed kernels, "auto"
-    (on the CPU: inductor over dynamic shapes) and "freeze" the compiled decode step. Dynamic
-    shapes compile nothing after the load, though the rows and the cache columns a step reads
-    change."""
+    prompt in the running batch's decode pass); "prepack" runs oneDNN's packed kernels,
+    "default" (on the CPU: inductor over dynamic shapes) and "freeze" the compiled decode step,
+    "auto" whichever of "prepack" and "default" it chose. Dynamic shapes compile nothing after
+    the load, though the rows and the cache columns a step reads change."""
     model, tokenizer = tiny
     engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode=compile_mode)
     try:
         step = engine.runner.step
-        assert step.fallback_reason is None and step.compiled == (compile_mode in ("auto", "freeze"))
+        assert step.mode in (("default", "prepack") if compile_mode == "auto" else (compile_mode,))
+        assert step.fallback_reason is None and step.compiled == (step.mode in ("default", "freeze"))
         separate = count_separate_prefills(engine)
         lengths = [40, 25, 33]
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
@@ -143,13 +144,13 @@ def test_a_request_joining_into_a_freed_slot_below_running_ones_equals_generate(
 
 @pytest.mark.parametrize("slots", [4, 2])
 def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path, slots):
-    """On the CPU, "auto" compiles at load the graphs every later step uses, whatever its rows
+    """On the CPU, "default" compiles at load the graphs every later step uses, whatever its rows
     and cache columns. The head size here (64) equals a block of cache columns, as in
     mosaicml/mpt-7b's family, which torch would otherwise fix as one size. With two slots,
     two rows are all the slots, which torch specialises."""
     tiny_mpt.build(tmp_path, d_model=128, n_heads=2)
     model, untouched, tokenizer = load(tmp_path), load(tmp_path), tiny[1]
-    engine = GenerationEngine(model, tokenizer, max_batch_size=slots, compile_mode="auto")
+    engine = GenerationEngine(model, tokenizer, max_batch_size=slots, compile_mode="default")
     try:
         step = engine.runner.step
         assert step.dynamic and step.fallback_reason is None
@@ -239,6 +240,35 @@ def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny, untouched, mon
         assert text == reference(untouched, tokenizer, PROMPTS[2], 12)
     finally:
         engine.close()
+
+
+def test_auto_on_the_cpu_decodes_with_the_products_it_timed_faster(tiny):
+    """"auto" on the CPU times torch's and oneDNN's packed products on the model's matrices at
+    load and takes oneDNN's only when they win by the margin (torch's come compiled, with the
+    work between products fused); the log line says which, and why."""
+    model, tokenizer = tiny
+    engine = GenerationEngine(model, tokenizer, max_batch_size=2, compile_mode="auto")
+    try:
+        step, times = engine.runner.step, engine.runner.step.kernel_times
+        assert times.plain > 0 and times.packed > 0
+        assert step.mode == ("prepack" if times.packed < cpu_kernels.PACKED_MARGIN * times.plain else "default")
+        assert f"compile_mode {step.mode!r} (chosen by 'auto': " in engine.decode_step()
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(("device", "packed_wins", "mode"), [
+    ("cpu", True, "prepack"), ("cpu", False, "default"), ("cuda", True, "reduce-overhead")])
+def test_auto_stands_for_a_mode_by_device_and_timed_products(device, packed_wins, mode):
+    asked = []
+
+    def timed() -> bool:
+        asked.append(device)
+        return packed_wins
+
+    assert decode_step_module.resolve_mode("auto", torch.device(device), timed) == mode
+    assert asked == ([device] if device == "cpu" else [])  # products are timed only where they decide
+    assert decode_step_module.resolve_mode("none", torch.device(device), timed) == "none" and len(asked) <= 1
 
 
 def test_mpt_checkpoints_run_on_the_serving_forward_and_others_on_transformers(tiny):

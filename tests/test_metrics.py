@@ -4,6 +4,7 @@ dynamically batched models; images of `diffusion`."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 
@@ -74,8 +75,9 @@ def test_counters_are_exposed_from_load_time(server):
         assert f"\n{name}{{" in page, name
 
 
-def test_the_served_mpt_decodes_with_its_compiled_step(server):
-    """`mpt`'s default compile_mode compiles the decode step on the CPU too; a compile that
+def test_the_served_mpt_decodes_as_its_compile_mode_chose(server):
+    """`mpt`'s default compile_mode ("auto") chooses its decode step at load and the log says
+    which and why; on the CPU it is either compiled or oneDNN's packed products. A compile that
     fails inside the backend process (where Python runs embedded, in the server's locale)
     would leave it decoding eagerly, several times slower, with only a log line to say so."""
     [requests] = rises(server, "mpt", [("mpt_requests_total", {"finish_reason": "length"})],
@@ -85,4 +87,6 @@ def test_the_served_mpt_decodes_with_its_compiled_step(server):
                            tensor(grpcclient, "min_length", [3], "INT32")]))  # no early end-of-text
     assert requests == 1
     assert metric(server, "mpt_compile_fallback", model="mpt") == 0
-    assert "decoding eagerly" not in server.log_tail(lines=10_000)
+    log = server.log_tail(lines=10_000)
+    assert "decoding eagerly" not in log
+    assert re.search(r"mpt: decode step: compile_mode '(default|prepack)' \(chosen by 'auto': ", log)

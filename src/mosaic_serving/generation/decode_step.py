@@ -15,7 +15,9 @@ Modes (`compile_mode`):
   loops, no Python runs between the kernels, and the matrices stay transformers' own.
 - "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
   (what freezing gives), and every step, prefill included, uses them whatever its shape.
-- "auto": "reduce-overhead" on CUDA, "default" on the CPU (see the README's measurements).
+- "auto": "reduce-overhead" on CUDA; on the CPU "prepack" where oneDNN's packed products
+  are clearly faster than torch's on the model's own matrices (timed at load, see
+  `cpu_kernels`), "default" otherwise.
 
 Compiling is paid at load: `warm_up` runs every shape that needs a graph of its own once.
 If compiling or a compiled step fails, the step falls back to eager for good and says why
@@ -25,21 +27,27 @@ in `fallback_reason`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
+
+from mosaic_serving.generation import cpu_kernels
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "none", "prepack", "default", "freeze", "reduce-overhead")
 
 
-def resolve_mode(mode: str | None, device: torch.device) -> str:
+def resolve_mode(mode: str | None, device: torch.device, packed_wins: Callable[[], bool] = lambda: False) -> str:
+    """The mode that `mode` stands for on `device`; `packed_wins` is asked for "auto" on the CPU."""
     if mode is None:
         return "none"
     if mode not in MODES:
         raise ValueError(f"compile_mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "auto":
-        return "reduce-overhead" if device.type == "cuda" else "default"
+        if device.type == "cuda":
+            return "reduce-overhead"
+        return "prepack" if device.type == "cpu" and packed_wins() else "default"
     return mode
 
 
@@ -50,7 +58,8 @@ class DecodeStep:
     def __init__(self, decoder, compile_mode: str | None = "auto"):
         self.decoder = decoder
         self.device = decoder.wte.weight.device
-        self.mode = resolve_mode(compile_mode, self.device)
+        self.kernel_times: cpu_kernels.KernelTimes | None = None  # timed when "auto" chooses on the CPU
+        self.mode = resolve_mode(compile_mode, self.device, self._packed_wins)
         # graphs over dynamic rows and columns (CPU "default"), rather than one per bucket of shapes
         self.dynamic = self.mode == "default" and self.device.type == "cpu"
         self.fallback_reason: str | None = None
@@ -59,6 +68,21 @@ class DecodeStep:
             self._prepack()
         elif self.mode != "none":
             self._compiled = self._compile()
+
+    def _packed_wins(self) -> bool:
+        try:
+            self.kernel_times = cpu_kernels.time_kernels(self.decoder.block_linears())
+        except RuntimeError as error:  # e.g. a torch built without oneDNN
+            log.info("oneDNN's packed products not available (%s)", error)
+            return False
+        return self.kernel_times.packed_wins
+
+    def describe(self) -> str:
+        """The mode in use, and why (for the log)."""
+        text = f"decode step: compile_mode {self.mode!r}"
+        if self.kernel_times is not None:
+            text += f" (chosen by 'auto': {self.kernel_times})"
+        return text + (f"; {self.fallback_reason}" if self.fallback_reason else "")
 
     @property
     def compiled(self) -> bool:

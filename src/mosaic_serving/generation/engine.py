@@ -169,6 +169,11 @@ class GenerationEngine:
         step = getattr(self.runner, "step", None)
         return step.fallback_reason if step is not None else None
 
+    def decode_step(self) -> str:
+        """How decode steps run, and why (a line for the log)."""
+        step = getattr(self.runner, "step", None)
+        return step.describe() if step is not None else "decode step: transformers' forward (not an MPT)"
+
     def close(self) -> None:
         """Stop the engine thread; requests running or waiting are finished as cancelled."""
         self.scheduler.close()

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosaic_serving.generation import cpu_kernels
 from mosaic_serving.generation.kv_cache import SlotKVCache
 
 
@@ -86,17 +87,16 @@ class MptDecoder(nn.Module):
         self.cache = SlotKVCache(config.n_layers, slots, self.heads, self.max_len, self.head_dim, weight.dtype,
                                  weight.device)
         if weight.device.type == "cpu":  # not lm_head: it is the embedding's matrix, read by rows
-            store_input_major(self._block_linears())
+            store_input_major(self.block_linears())
         self._packed: dict[nn.Linear, torch.Tensor] = {}  # oneDNN-prepacked weights (CPU), see prepack()
 
     def prepack(self, rows_hint: int = 8) -> None:
         """Reorder every matrix into oneDNN's blocked layout (CPU only), as inductor's freezing
         does, so the steps use oneDNN's packed kernels without compiling. Costs a second copy of
         the matrices (transformers' model keeps its own)."""
-        linears = self._block_linears() + [self.lm_head]
-        self._packed = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows_hint) for m in linears}
+        self._packed = {m: cpu_kernels.pack(m.weight, rows_hint) for m in self.block_linears() + [self.lm_head]}
 
-    def _block_linears(self) -> list[nn.Linear]:
+    def block_linears(self) -> list[nn.Linear]:
         return [m for m in self.blocks.modules() if isinstance(m, nn.Linear)]
 
     def columns_for(self, longest: int) -> int:
@@ -244,5 +244,5 @@ class MptDecoder(nn.Module):
         packed = self._packed.get(module)
         if packed is None:
             return F.linear(x, module.weight, module.bias)
-        flat = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, module.bias, "none", [], "")
+        flat = cpu_kernels.packed_linear(x.reshape(-1, x.shape[-1]), packed, module.bias)
         return flat.view(*x.shape[:-1], -1)

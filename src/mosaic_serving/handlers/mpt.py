@@ -113,6 +113,10 @@ class MPTModelHandler:
         """Why decoding runs eagerly though compiling was asked for (None: it is not)."""
         return self.engine.compile_fallback()
 
+    def decode_step(self) -> str:
+        """How decode steps run, and why (a line for the log)."""
+        return self.engine.decode_step()
+
     # ---- in-process conveniences, on the same engine ----------------------------------
 
     def generate(self, model_requests: list[dict[str, Any]]) -> list[Completion]:

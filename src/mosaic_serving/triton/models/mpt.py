@@ -153,9 +153,11 @@ class GenerationMetrics:
         best_effort(lambda: (self.steps.increment(steps), self.rows.increment(rows)))
 
     def loaded(self, handler: MPTModelHandler) -> None:
-        """Once the handler has loaded: say, in the gauge and the log, whether decoding fell
-        back to eager (a compiled step may also fall back later, when it first fails)."""
+        """Once the handler has loaded: say in the log how decode steps run, and in the gauge and
+        the log whether decoding fell back to eager (a compiled step may also fall back later,
+        when it first fails)."""
         self.handler = handler
+        pb_utils.Logger.log_info(f"mpt: {handler.decode_step()}")
         self.check_compile()
 
     def check_compile(self) -> None:
