@@ -271,6 +271,17 @@ def test_auto_stands_for_a_mode_by_device_and_timed_products(device, packed_wins
     assert decode_step_module.resolve_mode("none", torch.device(device), timed) == "none" and len(asked) <= 1
 
 
+def test_auto_packs_no_copy_the_memory_available_cannot_hold_twice(tmp_path):
+    """oneDNN's packed products need a second copy of the matrices: "auto" takes them only
+    when that copy is at most half the memory available."""
+    linears = [torch.nn.Linear(256, 256, bias=False) for _ in range(4)]  # 1 MiB of matrices
+    meminfo = tmp_path / "meminfo"
+    for available_kb, fits in ((2048, True), (2047, False)):
+        meminfo.write_text(f"MemTotal:       8000000 kB\nMemAvailable:   {available_kb} kB\n")
+        assert cpu_kernels.packed_copy_fits(linears, str(meminfo)) == fits
+    assert cpu_kernels.packed_copy_fits(linears, str(tmp_path / "absent"))  # not Linux: assumed to fit
+
+
 def test_mpt_checkpoints_run_on_the_serving_forward_and_others_on_transformers(tiny):
     model, tokenizer = tiny
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2,

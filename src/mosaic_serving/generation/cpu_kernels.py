@@ -8,7 +8,8 @@ faster depends on the machine, by a lot. Measured on the small MPT's matrices at
   2.5x at eight.
 - Intel Xeon: MKL ahead at one row, oneDNN ~20% ahead at eight.
 So "auto" on the CPU times both on the model's own matrices at load (well under a second)
-and takes the faster, rather than guessing from the vendor's name.
+and takes the faster, rather than guessing from the vendor's name, when the machine has the
+memory for the packed copy.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def time_kernels(linears: list[nn.Linear], passes: int = 3) -> KernelTimes:
             run()
             best[run] = min(best[run], time.perf_counter() - start)
     return KernelTimes(plain=best[plain_pass], packed=best[packed_pass])
+
+
+def packed_copy_fits(linears: list[nn.Linear], meminfo: str = "/proc/meminfo") -> bool:
+    """Whether a packed copy of these matrices takes at most half the memory available now
+    (Linux's MemAvailable; elsewhere, assumed to fit)."""
+    try:
+        with open(meminfo) as lines:
+            available_kb = next(int(line.split()[1]) for line in lines if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return sum(m.weight.nbytes for m in linears) <= available_kb * 1024 // 2
 
 
 def _sample(linears: list[nn.Linear]) -> list[nn.Linear]:

@@ -59,6 +59,7 @@ class DecodeStep:
         self.decoder = decoder
         self.device = decoder.wte.weight.device
         self.kernel_times: cpu_kernels.KernelTimes | None = None  # timed when "auto" chooses on the CPU
+        self.auto_reason: str | None = None  # why "auto" chose what it did on the CPU
         self.mode = resolve_mode(compile_mode, self.device, self._packed_wins)
         # graphs over dynamic rows and columns (CPU "default"), rather than one per bucket of shapes
         self.dynamic = self.mode == "default" and self.device.type == "cpu"
@@ -70,18 +71,23 @@ class DecodeStep:
             self._compiled = self._compile()
 
     def _packed_wins(self) -> bool:
-        try:
-            self.kernel_times = cpu_kernels.time_kernels(self.decoder.block_linears())
-        except RuntimeError as error:  # e.g. a torch built without oneDNN
-            log.info("oneDNN's packed products not available (%s)", error)
+        linears = self.decoder.block_linears() + [self.decoder.lm_head]
+        if not cpu_kernels.packed_copy_fits(linears):
+            self.auto_reason = "no memory for a packed copy of the model's matrices"
             return False
+        try:
+            self.kernel_times = cpu_kernels.time_kernels(linears)
+        except RuntimeError as error:  # e.g. a torch built without oneDNN
+            self.auto_reason = f"oneDNN's packed products not available: {error}"
+            return False
+        self.auto_reason = str(self.kernel_times)
         return self.kernel_times.packed_wins
 
     def describe(self) -> str:
         """The mode in use, and why (for the log)."""
         text = f"decode step: compile_mode {self.mode!r}"
-        if self.kernel_times is not None:
-            text += f" (chosen by 'auto': {self.kernel_times})"
+        if self.auto_reason is not None:
+            text += f" (chosen by 'auto': {self.auto_reason})"
         return text + (f"; {self.fallback_reason}" if self.fallback_reason else "")
 
     @property
