@@ -77,7 +77,7 @@ class GenerationEngine:
         Triton's is a round trip to the server: polling every 10 ms instead of 50 cost the
         served small MPT 4-7% of its tokens/s at 8 streams);
         `prefill_token_budget`: prompt tokens one step prefills (beyond the first request);
-        `compile_mode`: see `decode_step` ("auto", "none", "default", "freeze", "reduce-overhead")."""
+        `compile_mode`: see `decode_step` ("auto", "none", "prepack", "default", "freeze", "reduce-overhead")."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
