@@ -39,7 +39,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 @dataclass(frozen=True)
 class KernelTimes:
-    """Seconds for one pass of products over the sampled matrices, at each of `ROWS`."""
+    """Seconds of one pass of products over the sampled matrices (at each of `ROWS` in turn)."""
 
     plain: float
     packed: float
