@@ -24,7 +24,7 @@ REPOSITORY = default_model_repository()
 MODELS = ("mpt", "instructor", "diffusion", "custom_example")
 
 # A test handler for the generic custom model: non-streaming (so it runs under BatchedModel),
-# records the batch sizes it was called with, fails or sleeps on request.
+# records the batch sizes it was called with, fails or sleeps on request, and can say it started.
 FAULTY_HANDLER = textwrap.dedent(
     """
     import time
@@ -37,6 +37,8 @@ FAULTY_HANDLER = textwrap.dedent(
 
         def predict(self, requests):
             FaultyHandler.calls.append(len(requests))
+            for started in [r["started"] for r in requests if r.get("started")]:
+                open(started, "w").close()  # tells a test that the request is being computed
             if any(r.get("history") for r in requests):
                 return [list(FaultyHandler.calls) for _ in requests]
             time.sleep(max([r.get("sleep", 0) for r in requests]))
@@ -47,15 +49,17 @@ FAULTY_HANDLER = textwrap.dedent(
 )
 
 
-def handler_model_config(handler: str, max_batch_size: int, batching: str) -> str:
+def handler_model_config(handler: str, max_batch_size: int, batching: str, **parameters: str) -> str:
     """config.pbtxt of a generic custom model running `handler`, batched as `batching` says."""
+    entries = ", ".join(f'{{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+                        for key, value in {"handler": handler, **parameters}.items())
     return textwrap.dedent(
         f"""
         backend: "python"
         max_batch_size: {max_batch_size}
         {batching}
         instance_group [{{ count: 1 kind: KIND_AUTO }}]
-        parameters [{{ key: "handler" value: {{ string_value: "{handler}" }} }}]
+        parameters [{entries}]
         """
     )
 
@@ -110,8 +114,7 @@ def build_limited_repository(repo: Path) -> list[str]:
     add_handler_model(repo, "faulty", handler_model_config(
         "faulty_handler.FaultyHandler", 8, "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
     add_handler_model(repo, "queued", handler_model_config(
-        "faulty_handler.FaultyHandler", 1,
-        "dynamic_batching { default_queue_policy { max_queue_size: 2 timeout_action: REJECT } }"))
+        "faulty_handler.FaultyHandler", 1, "dynamic_batching { }", max_queue_size="2"))
     return [*MODELS, "faulty", "queued"]
 
 

@@ -65,6 +65,7 @@ class Gate:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("loading")
     copy_model(root / "repo", "custom_example")
+    copy_model(root / "repo", "mpt")
     gates = {}
     for name in ("gated", "stalled"):
         gates[name] = Gate(root / f"gate-{name}")
@@ -117,6 +118,19 @@ def test_a_model_is_ready_at_once_and_a_request_during_its_load_waits_for_it(ser
     assert load_state(server, "gated") == LoadState.LOADED
     ready = probe(server)
     assert ready.returncode == 0, ready.stderr
+
+
+def test_an_mpt_request_sent_while_the_engine_loads_is_served_once_it_has_loaded(server) -> None:
+    """`mpt`'s `execute` reads the request and returns; the submission waits on the load thread."""
+    status, answer = server.repository_request("models/mpt/load")
+    assert status == 200, answer
+    loading_when_sent = load_state(server, "mpt") == LoadState.LOADING
+    status, body = http_generate(server.http_url, "mpt", {"text_input": "Hello", "max_tokens": 3,
+                                                           "exclude_input_in_output": True})
+    print(f"\nmpt request sent while its engine was {'loading' if loading_when_sent else 'loaded'}")
+    assert status == 200 and body["num_output_tokens"] == 3 and body["text_output"], body
+    assert load_state(server, "mpt") == LoadState.LOADED
+    assert server.process.poll() is None
 
 
 def test_a_backend_process_stalled_while_its_model_loads_leaves_the_server_up(server) -> None:

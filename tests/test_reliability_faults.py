@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -121,6 +122,34 @@ def test_a_killed_stub_is_reloaded_and_the_model_serves_again(faults, model, req
     client = httpclient.InferenceServerClient(faults.http_url)
     assert client.is_model_ready(model)
     client.close()
+
+
+def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, tmp_path):
+    """Triton 2.51 waits for `execute` in 1-second windows: a backend process that shows no
+    sign of life for a whole window fails the request ("Stub process ... is not healthy"), and
+    Triton then aborts the whole server at that model's next request. A batched model answers
+    off `execute`, so a process frozen (SIGSTOP, as a starved node can stall it) for 2.5 s
+    while it computes a request only delays the answer."""
+    started = tmp_path / "started"
+    answer: dict = {}
+
+    def send() -> None:
+        status, body = http_generate(faults.http_url, "echo", {"request": json.dumps(
+            {"input": "frozen", "sleep": 1.0, "started": str(started)})})
+        answer.update(status=status, body=body)
+
+    request = threading.Thread(target=send)
+    request.start()
+    wait_for(started.exists, timeout=30)
+    time.sleep(0.2)  # `execute` has returned by now: the request is on the model's worker thread
+    [pid] = stub_pids(faults, "echo")
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(2.5)
+    os.kill(pid, signal.SIGCONT)
+    request.join(timeout=30)
+    assert answer.get("status") == 200 and json.loads(answer["body"]["response"])["echo"] == "frozen", answer
+    assert echo(faults, "next")["echo"] == "next"
+    assert faults.process.poll() is None and stub_pids(faults, "echo") == [pid]
 
 
 def test_clients_cannot_load_or_unload_models(faults):

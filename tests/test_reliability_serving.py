@@ -234,8 +234,8 @@ def custom_request(value: dict) -> dict:
     return {"request": ([json.dumps(value)], "BYTES")}
 
 
-def test_triton_queue_limit_rejects_the_excess_of_a_burst(limited):
-    """`queued`: one request at a time, a queue of 2 (config.pbtxt default_queue_policy)."""
+def test_batched_model_queue_limit_rejects_the_excess_of_a_burst(limited):
+    """`queued`: one request at a time, a queue of 2 (config.pbtxt `max_queue_size`)."""
 
     def send(index, start):
         start.wait()
@@ -248,7 +248,7 @@ def test_triton_queue_limit_rejects_the_excess_of_a_burst(limited):
     print(f"\nqueued burst of 10 (1 running + queue of 2): {len(done)} completed, {len(refused)} refused (503)")
     assert len(done) + len(refused) == 10 and len(done) >= 3 and refused, results
     assert sorted(r["echo"] for r in done) == sorted(i for i, r in enumerate(results) if isinstance(r, dict))
-    assert all(str(e.status()) == "503" and "queue size" in e.message() for e in refused)
+    assert all(str(e.status()) == "503" and "(max_queue_size 2)" in e.message() for e in refused), refused
     assert limited.is_ready()
 
 

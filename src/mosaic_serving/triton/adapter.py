@@ -3,19 +3,22 @@
 `HandlerModel.initialize` reads config.pbtxt's parameters and starts building the handler
 on this instance's device in the background (`loading.HandlerLoad`): Triton's Python backend
 kills a backend process that stalls for a second while Triton waits on it, so nothing slow
-runs while it waits. Requests that come during the load wait for it.
-Two ways to execute:
-- `BatchedModel` (dynamic batching): every row of every request in `execute` runs in one
-  handler call; if that call fails, each request is retried alone so that only the faulty
-  request gets an error.
+runs while it waits, neither in `initialize` nor in `execute`. Two ways to execute:
+- `BatchedModel` (dynamic batching): `execute` queues the requests and returns; a worker
+  thread runs the rows of the queued requests in one handler call and answers each request
+  (`batches.BatchQueue`); if that call fails, each request is run alone so that only the
+  faulty request gets an error.
 - decoupled models (streaming) send their responses themselves, through each request's
   `responses.ResponseStream`, see `models/mpt.py` and `models/custom.py`.
+Requests that come during the load wait for it, off `execute`.
 Errors become responses: InvalidRequestError is INVALID_ARGUMENT, UnavailableError (a full
 queue, a failed load) UNAVAILABLE, anything else INTERNAL.
 
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
+`max_queue_size` (batched models, default 0: unbounded): requests waiting for the worker;
+more get UNAVAILABLE at once.
 `load_in_background` (default "true"): "false" builds the handler inside `initialize`, so
 that a failure fails the load and Triton reports it (the launcher reloads a model whose
 background load failed this way).
@@ -30,34 +33,22 @@ from __future__ import annotations
 
 import json
 import locale
-import traceback
 from typing import Any, ClassVar
 
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.errors import InvalidRequestError, status_code
+from mosaic_serving.errors import InvalidRequestError
 from mosaic_serving.handlers.model_path import check_model_path
 from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
 from mosaic_serving.load_state import LOAD_STATE_METRIC, LoadState
+from mosaic_serving.triton.batches import BatchQueue, QueuedRequest
 from mosaic_serving.triton.loading import HandlerLoad
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
+from mosaic_serving.triton.responses import ResponseStream
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
-
-
-def error_response(error: Exception) -> pb_utils.InferenceResponse:
-    """A response carrying `error`: INVALID_ARGUMENT for bad input, UNAVAILABLE when
-    overloaded, INTERNAL (logged with its traceback, named by its type) otherwise."""
-    code = status_code(error)
-    if code != "INTERNAL":  # pb_utils.TritonError exists only once the stub runs a model, not at import
-        triton_code = {"INVALID_ARGUMENT": pb_utils.TritonError.INVALID_ARG, "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE}
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), triton_code[code]))
-    pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
-    )
 
 
 class HandlerModel:
@@ -78,9 +69,8 @@ class HandlerModel:
         self.model_config = json.loads(args["model_config"])
         self.batched = self.model_config.get("max_batch_size", 0) > 0
         kwargs = config_parameters(self.model_config)
-        self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
         background = str(kwargs.pop("load_in_background", "true")).lower() != "false"
-        kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
+        self.take_adapter_parameters(kwargs)
         self.device = instance_device(args)
         if self.passes_device:
             kwargs.setdefault("device", self.device)
@@ -95,6 +85,11 @@ class HandlerModel:
     def handler(self) -> Any:
         """The handler, once loaded (waits for it); ModelLoadError (UNAVAILABLE) if it failed."""
         return self.load.result()
+
+    def take_adapter_parameters(self, kwargs: dict[str, Any]) -> None:
+        """Take the parameters the adapter itself uses out of `kwargs` (the rest go to the handler)."""
+        self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+        kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
 
     def configure(self, kwargs: dict[str, Any]) -> None:
         """Set-up that must be quick (runs inside `initialize`): take this model's own parameters
@@ -143,11 +138,20 @@ def use_utf8_locale() -> None:
 
 
 class BatchedModel(HandlerModel):
-    """A model whose requests, as dynamic batching delivers them, run in one handler call."""
+    """A dynamically batched model: `execute` queues its requests (`batches.BatchQueue`), and
+    the queue's worker runs each batch of rows in one handler call and answers every request.
+    `max_queue_size` (config.pbtxt, default 0: unbounded) bounds the requests waiting."""
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
         self.batch_metrics = BatchMetrics(self.metrics)
+        self.batches = BatchQueue(args.get("model_name", "model"), self._run_batch,
+                                  max_rows=self.model_config.get("max_batch_size", 0),
+                                  max_waiting=self.max_queue_size or None)
+
+    def take_adapter_parameters(self, kwargs: dict[str, Any]) -> None:
+        super().take_adapter_parameters(kwargs)
+        self.max_queue_size = int(kwargs.pop("max_queue_size", 0))
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
         """One result per row, computed together."""
@@ -157,22 +161,27 @@ class BatchedModel(HandlerModel):
         """The response tensors of one request from its rows' results."""
         raise NotImplementedError
 
-    def execute(self, requests: list) -> list[pb_utils.InferenceResponse]:
-        rows_per_request: list[list[dict] | Exception] = []
+    def execute(self, requests: list) -> None:
+        """Read and queue each request; a request that cannot be read or queued is answered now."""
         for request in requests:
+            responses = ResponseStream(request)
             try:
-                rows_per_request.append(self.read(request))
+                self.batches.put(QueuedRequest(responses, self.read(request)))
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                rows_per_request.append(error)
-        valid = [rows for rows in rows_per_request if not isinstance(rows, Exception)]
-        if valid:
-            self.batch_metrics.batch(sum(len(rows) for rows in valid))
+                self._respond(responses, error)
+        return None
+
+    def _run_batch(self, batch: list[QueuedRequest]) -> None:
+        """On the worker: every row of the batch in one call; if that call fails, each request
+        alone, so that only the faulty request gets an error."""
+        self.batch_metrics.batch(sum(len(request.rows) for request in batch))
         try:
-            results = iter(self.run([row for rows in valid for row in rows]))
-            outcomes = {id(rows): [next(results) for _ in rows] for rows in valid}
+            results = iter(self.run([row for request in batch for row in request.rows]))
+            outcomes = [[next(results) for _ in request.rows] for request in batch]
         except Exception:  # noqa: BLE001 - find the faulty request by running each alone
-            outcomes = {id(rows): self._run_alone(rows) for rows in valid}
-        return [self._respond(rows if isinstance(rows, Exception) else outcomes[id(rows)]) for rows in rows_per_request]
+            outcomes = [self._run_alone(request.rows) for request in batch]
+        for request, outcome in zip(batch, outcomes):
+            self._respond(request.responses, outcome)
 
     def _run_alone(self, rows: list[dict[str, Any]]) -> list[Any] | Exception:
         try:
@@ -180,11 +189,12 @@ class BatchedModel(HandlerModel):
         except Exception as error:  # noqa: BLE001 - becomes this request's error response
             return error
 
-    def _respond(self, outcome: list[Any] | Exception) -> pb_utils.InferenceResponse:
+    def _respond(self, responses: ResponseStream, outcome: list[Any] | Exception) -> None:
         if not isinstance(outcome, Exception):
             try:
-                return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome))
+                responses.send(pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome)), final=True)
+                return
             except Exception as error:  # noqa: BLE001
                 outcome = error
         self.batch_metrics.error(outcome)
-        return error_response(outcome)
+        responses.fail(outcome)

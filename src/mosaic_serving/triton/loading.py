@@ -10,7 +10,8 @@ configuration, and the handler is built here, outside every window.
 
 The load's state is a gauge on Triton's metrics port, `mosaic_model_load_state` (0 loading,
 1 loaded, -1 failed), which the launcher waits for before it calls the server ready.
-Requests that arrive while the handler loads wait for it; if the load failed they get
+Requests that arrive while the handler loads wait for it, outside `execute` (`when_done`,
+and the batched models' worker thread); if the load failed they get
 UNAVAILABLE with the reason, and the launcher loads the model again in the foreground
 (`load_in_background: "false"`) so that Triton itself reports it unavailable, with why.
 """
@@ -39,6 +40,8 @@ class HandlerLoad(Generic[T]):
         self._build = build
         self._on_state = on_state
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], None]] = []
         self._value: T | None = None
         self._error: str | None = None
         on_state(LoadState.LOADING)
@@ -62,6 +65,15 @@ class HandlerLoad(Generic[T]):
             raise ModelLoadError(f"model '{self.name}' failed to load: {self._error}")
         return self._value  # type: ignore[return-value]
 
+    def when_done(self, then: Callable[[], None]) -> None:
+        """Call `then` once the load has ended: now if it has, else on the load thread, in the
+        order asked (so `execute` never waits for a load)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._waiters.append(then)
+                return
+        then()
+
     def _run(self) -> None:
         try:
             self._value = self._build()
@@ -69,5 +81,12 @@ class HandlerLoad(Generic[T]):
             self._error = f"{type(error).__name__}: {error}"
             pb_utils.Logger.log_error(f"model '{self.name}' failed to load:\n" + "".join(traceback.format_exception(error)))
         finally:
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                waiters, self._waiters = self._waiters, []
         self._on_state(self.state)
+        for then in waiters:
+            try:
+                then()
+            except Exception as error:  # noqa: BLE001 - one waiter's failure must not stop the others
+                pb_utils.Logger.log_error(f"model '{self.name}': a request waiting for the load failed: {error}")

@@ -10,12 +10,26 @@ itself once finished; a lock orders a cancel check on one thread with a send on 
 from __future__ import annotations
 
 import threading
+import traceback
 
 import triton_python_backend_utils as pb_utils
 
-from mosaic_serving.triton.adapter import error_response
+from mosaic_serving.errors import status_code
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def error_response(error: Exception) -> pb_utils.InferenceResponse:
+    """A response carrying `error`: INVALID_ARGUMENT for bad input, UNAVAILABLE when
+    overloaded, INTERNAL (logged with its traceback, named by its type) otherwise."""
+    code = status_code(error)
+    if code != "INTERNAL":  # pb_utils.TritonError exists only once the stub runs a model, not at import
+        triton_code = {"INVALID_ARGUMENT": pb_utils.TritonError.INVALID_ARG, "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE}
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), triton_code[code]))
+    pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+    )
 
 
 class ResponseStream:

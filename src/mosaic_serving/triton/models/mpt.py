@@ -274,19 +274,29 @@ class TritonPythonModel(HandlerModel):
         return handler
 
     def execute(self, requests: list) -> None:
+        """Read each request and submit it to the engine; while the handler still loads, the
+        submission waits on the load thread, not here."""
+        received = time.monotonic()
         for request in requests:
             responses = ResponseStream(request)
             try:
-                self._submit(request, responses, time.monotonic())
+                [row] = self.read(request)
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                self.generation_metrics.rejected(error)
-                responses.fail(error)
+                self._reject(responses, error)
+                continue
+            self.load.when_done(lambda row=row, responses=responses: self._submit(row, responses, received))
         return None
 
-    def _submit(self, request, responses: ResponseStream, received: float) -> None:
+    def _submit(self, row: dict[str, Any], responses: ResponseStream, received: float) -> None:
         """Validate one request and queue it in the engine (OverloadedError when full)."""
-        [row] = self.read(request)
-        parsed = self.handler.prepare(row["text_input"], generate_parameters(row))
-        stream = _GenerationStream(responses, self.writer, self.generation_metrics, received, parsed.prompt,
-                                   row["stream"], not row["exclude_input_in_output"])
-        self.handler.submit(parsed, stream.on_event, responses.is_cancelled)
+        try:
+            parsed = self.handler.prepare(row["text_input"], generate_parameters(row))
+            stream = _GenerationStream(responses, self.writer, self.generation_metrics, received, parsed.prompt,
+                                       row["stream"], not row["exclude_input_in_output"])
+            self.handler.submit(parsed, stream.on_event, responses.is_cancelled)
+        except Exception as error:  # noqa: BLE001 - becomes this request's error response
+            self._reject(responses, error)
+
+    def _reject(self, responses: ResponseStream, error: Exception) -> None:
+        self.generation_metrics.rejected(error)
+        responses.fail(error)
