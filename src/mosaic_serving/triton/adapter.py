@@ -174,7 +174,7 @@ class BatchedModel(HandlerModel):
     def _run_batch(self, batch: list[QueuedRequest]) -> None:
         """On the worker: every row of the batch in one call; if that call fails, each request
         alone, so that only the faulty request gets an error."""
-        self.batch_metrics.batch(sum(len(request.rows) for request in batch))
+        self.batch_metrics.batch(sum(len(request.rows) for request in batch), self.batches.waiting)
         try:
             results = iter(self.run([row for request in batch for row in request.rows]))
             outcomes = [[next(results) for _ in request.rows] for request in batch]

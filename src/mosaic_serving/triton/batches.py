@@ -4,8 +4,8 @@ Triton 2.51's Python backend waits for each `execute` in 1-second windows, and f
 requests (then, at the model's next request, can abort the whole server) when the backend
 process shows no sign of life for a whole window, as a process starved of CPU or memory can.
 A model that computes inside `execute` is exposed for all of its compute: seconds for an
-image. So `execute` only reads its requests and queues them here (well under a millisecond),
-and one worker thread runs them and answers each through its response sender (Triton 24.06+
+image. So `execute` only reads its requests and queues them here (no model work), and one
+worker thread runs them and answers each through its response sender (Triton 24.06+
 lets a non-decoupled model do that: one FINAL response per request).
 
 Requests queued while a batch runs go together into the next one, up to `max_rows` rows:
@@ -60,6 +60,11 @@ class BatchQueue:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name=f"{self.name}-batches", daemon=True)
                 self._worker.start()
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued now (the worker's current batch not counted)."""
+        return len(self._waiting)
 
     def _next_batch(self) -> list[QueuedRequest]:
         """The oldest request and those after it that fit in `max_rows` (waits for one)."""
