@@ -108,13 +108,14 @@ def _small_custom_limits(text: str) -> str:
 
 
 def build_limited_repository(repo: Path) -> list[str]:
-    """The four models with small limits, plus `faulty` (batched) and `queued` (queue of 2)."""
+    """The four models with small limits, plus `faulty` (batched) and `queued` (on its worker, a
+    queue of 2)."""
     for name in MODELS:
         copy_model(repo, name, _small_custom_limits if name == "custom_example" else lambda text: text)
     add_handler_model(repo, "faulty", handler_model_config(
         "faulty_handler.FaultyHandler", 8, "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
     add_handler_model(repo, "queued", handler_model_config(
-        "faulty_handler.FaultyHandler", 1, "dynamic_batching { }", max_queue_size="2"))
+        "faulty_handler.FaultyHandler", 1, "dynamic_batching { }", run_on_worker="true", max_queue_size="2"))
     return [*MODELS, "faulty", "queued"]
 
 

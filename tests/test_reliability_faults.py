@@ -19,7 +19,7 @@ from mosaic_serving.serve import tiny_model_env
 from mosaic_serving.launcher.server import LocalTritonServer
 from reliability import add_handler_model, copy_model, handler_model_config, stub_pids, wait_for
 
-ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "")
+ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "", run_on_worker="true")
 UNKNOWN_KWARG = ECHO.replace('parameters [', 'parameters [{ key: "colour" value: { string_value: "red" } }, ')
 
 
@@ -127,9 +127,9 @@ def test_a_killed_stub_is_reloaded_and_the_model_serves_again(faults, model, req
 def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, tmp_path):
     """Triton 2.51 waits for `execute` in 1-second windows: a backend process that shows no
     sign of life for a whole window fails the request ("Stub process ... is not healthy"), and
-    Triton then aborts the whole server at that model's next request. A batched model answers
-    off `execute`, so a process frozen (SIGSTOP, as a starved node can stall it) for 2.5 s
-    while it computes a request only delays the answer."""
+    Triton then aborts the whole server at that model's next request. `echo` runs its requests
+    on its worker (`run_on_worker`), off `execute`, so a process frozen (SIGSTOP, as a starved
+    node can stall it) for 2.5 s while it computes a request only delays the answer."""
     started = tmp_path / "started"
     answer: dict = {}
 

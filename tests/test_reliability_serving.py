@@ -235,7 +235,7 @@ def custom_request(value: dict) -> dict:
 
 
 def test_batched_model_queue_limit_rejects_the_excess_of_a_burst(limited):
-    """`queued`: one request at a time, a queue of 2 (config.pbtxt `max_queue_size`)."""
+    """`queued`: one request at a time, a queue of 2 (config.pbtxt `run_on_worker`, `max_queue_size`)."""
 
     def send(index, start):
         start.wait()

@@ -3,22 +3,22 @@
 `HandlerModel.initialize` reads config.pbtxt's parameters and starts building the handler
 on this instance's device in the background (`loading.HandlerLoad`): Triton's Python backend
 kills a backend process that stalls for a second while Triton waits on it, so nothing slow
-runs while it waits, neither in `initialize` nor in `execute`. Two ways to execute:
-- `BatchedModel` (dynamic batching): `execute` queues the requests and returns; a worker
-  thread runs the rows of the queued requests in one handler call and answers each request
+runs while it waits in `initialize`. Two ways to execute:
+- `BatchedModel` (dynamic batching): the rows of a batch of requests run in one handler call,
+  in `execute` or, with `run_on_worker`, on a worker thread that answers each request
   (`batches.BatchQueue`); if that call fails, each request is run alone so that only the
   faulty request gets an error.
 - decoupled models (streaming) send their responses themselves, through each request's
   `responses.ResponseStream`, see `models/mpt.py` and `models/custom.py`.
-Requests that come during the load wait for it, off `execute`.
+Requests that come during the load wait for it (off `execute` for `mpt` and on the worker).
 Errors become responses: InvalidRequestError is INVALID_ARGUMENT, UnavailableError (a full
 queue, a failed load) UNAVAILABLE, anything else INTERNAL.
 
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
-`max_queue_size` (batched models, default 0: unbounded): requests waiting for the worker;
-more get UNAVAILABLE at once.
+`run_on_worker` (batched models, default "false") and `max_queue_size` (with it; default 0:
+unbounded): see `BatchedModel`.
 `load_in_background` (default "true"): "false" builds the handler inside `initialize`, so
 that a failure fails the load and Triton reports it (the launcher reloads a model whose
 background load failed this way).
@@ -45,7 +45,7 @@ from mosaic_serving.load_state import LOAD_STATE_METRIC, LoadState
 from mosaic_serving.triton.batches import BatchQueue, QueuedRequest
 from mosaic_serving.triton.loading import HandlerLoad
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
-from mosaic_serving.triton.responses import ResponseStream
+from mosaic_serving.triton.responses import ResponseStream, error_response
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -138,19 +138,29 @@ def use_utf8_locale() -> None:
 
 
 class BatchedModel(HandlerModel):
-    """A dynamically batched model: `execute` queues its requests (`batches.BatchQueue`), and
-    the queue's worker runs each batch of rows in one handler call and answers every request.
-    `max_queue_size` (config.pbtxt, default 0: unbounded) bounds the requests waiting."""
+    """A dynamically batched model: the rows of a batch of requests run in one handler call.
+
+    Where they run is the model's `run_on_worker` parameter (default "false"):
+    - in `execute` (false): all of the batch's answers go back in one message, the fastest for
+      light requests; Triton waits on `execute` meanwhile (1-second windows, see `batches`).
+    - on the model's worker thread (true): `execute` queues the requests (`batches.BatchQueue`)
+      and returns, and each request is answered through its response sender, so a stall of the
+      process while it computes does not fail the request. `max_queue_size` (default 0:
+      unbounded) bounds that queue.
+    """
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
         self.batch_metrics = BatchMetrics(self.metrics)
-        self.batches = BatchQueue(args.get("model_name", "model"), self._run_batch,
-                                  max_rows=self.model_config.get("max_batch_size", 0),
-                                  max_waiting=self.max_queue_size or None)
+        self.batches: BatchQueue | None = None
+        if self.run_on_worker:
+            self.batches = BatchQueue(args.get("model_name", "model"), self._run_batch,
+                                      max_rows=self.model_config.get("max_batch_size", 0),
+                                      max_waiting=self.max_queue_size or None)
 
     def take_adapter_parameters(self, kwargs: dict[str, Any]) -> None:
         super().take_adapter_parameters(kwargs)
+        self.run_on_worker = str(kwargs.pop("run_on_worker", "false")).lower() == "true"
         self.max_queue_size = int(kwargs.pop("max_queue_size", 0))
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
@@ -161,27 +171,42 @@ class BatchedModel(HandlerModel):
         """The response tensors of one request from its rows' results."""
         raise NotImplementedError
 
-    def execute(self, requests: list) -> None:
-        """Read and queue each request; a request that cannot be read or queued is answered now."""
-        for request in requests:
+    def execute(self, requests: list) -> list[pb_utils.InferenceResponse] | None:
+        if self.batches is None:
+            return [self._response(outcome) for outcome in self._outcomes([self._read(r) for r in requests])]
+        for request in requests:  # on the worker: queue each request; one that cannot be queued is answered now
             responses = ResponseStream(request)
             try:
                 self.batches.put(QueuedRequest(responses, self.read(request)))
             except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                self._respond(responses, error)
+                responses.send(self._response(error), final=True)
         return None
 
     def _run_batch(self, batch: list[QueuedRequest]) -> None:
-        """On the worker: every row of the batch in one call; if that call fails, each request
-        alone, so that only the faulty request gets an error."""
-        self.batch_metrics.batch(sum(len(request.rows) for request in batch), self.batches.waiting)
-        try:
-            results = iter(self.run([row for request in batch for row in request.rows]))
-            outcomes = [[next(results) for _ in request.rows] for request in batch]
-        except Exception:  # noqa: BLE001 - find the faulty request by running each alone
-            outcomes = [self._run_alone(request.rows) for request in batch]
+        """On the worker: run a batch of queued requests and answer each."""
+        outcomes = self._outcomes([request.rows for request in batch], self.batches.waiting)
         for request, outcome in zip(batch, outcomes):
-            self._respond(request.responses, outcome)
+            request.responses.send(self._response(outcome), final=True)
+
+    def _read(self, request) -> list[dict[str, Any]] | Exception:
+        try:
+            return self.read(request)
+        except Exception as error:  # noqa: BLE001 - becomes this request's error response
+            return error
+
+    def _outcomes(self, requests: list[list[dict[str, Any]] | Exception], waiting: int = 0
+                  ) -> list[list[Any] | Exception]:
+        """Each request's results (or error): the rows of every readable request in one call;
+        if that call fails, each request alone, so that only the faulty request gets an error."""
+        valid = [rows for rows in requests if not isinstance(rows, Exception)]
+        if valid:
+            self.batch_metrics.batch(sum(len(rows) for rows in valid), waiting)
+        try:
+            results = iter(self.run([row for rows in valid for row in rows]))
+            computed = {id(rows): [next(results) for _ in rows] for rows in valid}
+        except Exception:  # noqa: BLE001 - find the faulty request by running each alone
+            computed = {id(rows): self._run_alone(rows) for rows in valid}
+        return [rows if isinstance(rows, Exception) else computed[id(rows)] for rows in requests]
 
     def _run_alone(self, rows: list[dict[str, Any]]) -> list[Any] | Exception:
         try:
@@ -189,12 +214,11 @@ class BatchedModel(HandlerModel):
         except Exception as error:  # noqa: BLE001 - becomes this request's error response
             return error
 
-    def _respond(self, responses: ResponseStream, outcome: list[Any] | Exception) -> None:
+    def _response(self, outcome: list[Any] | Exception) -> pb_utils.InferenceResponse:
         if not isinstance(outcome, Exception):
             try:
-                responses.send(pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome)), final=True)
-                return
+                return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outcome))
             except Exception as error:  # noqa: BLE001
                 outcome = error
         self.batch_metrics.error(outcome)
-        responses.fail(outcome)
+        return error_response(outcome)
