@@ -151,7 +151,7 @@ class BatchedModel(HandlerModel):
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
-        self.batch_metrics = BatchMetrics(self.metrics)
+        self.batch_metrics = BatchMetrics(self.metrics, queued=self.run_on_worker)
         self.batches: BatchQueue | None = None
         if self.run_on_worker:
             self.batches = BatchQueue(args.get("model_name", "model"), self._run_batch,
