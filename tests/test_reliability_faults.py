@@ -21,6 +21,8 @@ from reliability import add_handler_model, copy_model, handler_model_config, stu
 
 ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "", run_on_worker="true")
 UNKNOWN_KWARG = ECHO.replace('parameters [', 'parameters [{ key: "colour" value: { string_value: "red" } }, ')
+QUEUE_WITHOUT_WORKER = handler_model_config("faulty_handler.FaultyHandler", 4, "dynamic_batching { }",
+                                            max_queue_size="8")
 
 
 def missing_weights(config: str) -> str:
@@ -37,7 +39,8 @@ def faults(tmp_path_factory):
     copy_model(repo, "bad_path", missing_weights, source="mpt")
     add_handler_model(repo, "bad_config", UNKNOWN_KWARG)
     add_handler_model(repo, "broken_pbtxt", "backend: \"python\"\nmax_batch_size: [ oops")
-    models = ["mpt", "custom_example", "echo", "bad_path", "bad_config", "broken_pbtxt"]
+    add_handler_model(repo, "queue_without_worker", QUEUE_WITHOUT_WORKER)
+    models = ["mpt", "custom_example", "echo", "bad_path", "bad_config", "broken_pbtxt", "queue_without_worker"]
     server = LocalTritonServer(
         repo, models=models, env={**tiny_model_env({}), "HF_HUB_OFFLINE": "1"}, log_file=root / "tritonserver.log",
         extra_args=["--exit-on-error=false", "--strict-readiness=false"], lock_model_control=True,
@@ -58,6 +61,7 @@ def echo(server, value) -> dict:
         ("bad_path", "model_name_or_path '/nonexistent/mpt' does not exist"),
         ("bad_config", "unexpected keyword argument 'colour'"),
         ("broken_pbtxt", "failed to read text proto"),
+        ("queue_without_worker", "max_queue_size bounds the queue of a model that runs on its worker"),
     ],
 )
 def test_a_model_that_fails_to_load_reports_why_while_the_others_serve(faults, model, reason):

@@ -17,8 +17,8 @@ queue, a failed load) UNAVAILABLE, anything else INTERNAL.
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
-`run_on_worker` (batched models, default "false") and `max_queue_size` (with it; default 0:
-unbounded): see `BatchedModel`.
+`run_on_worker` (batched models, default "false") and `max_queue_size` (only with it, else the
+load fails; default 0: unbounded): see `BatchedModel`.
 `load_in_background` (default "true"): "false" builds the handler inside `initialize`, so
 that a failure fails the load and Triton reports it (the launcher reloads a model whose
 background load failed this way).
@@ -162,6 +162,9 @@ class BatchedModel(HandlerModel):
         super().take_adapter_parameters(kwargs)
         self.run_on_worker = str(kwargs.pop("run_on_worker", "false")).lower() == "true"
         self.max_queue_size = int(kwargs.pop("max_queue_size", 0))
+        if self.max_queue_size and not self.run_on_worker:
+            raise ValueError("max_queue_size bounds the queue of a model that runs on its worker: set "
+                             "run_on_worker to \"true\", or bound Triton's queue with default_queue_policy")
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
         """One result per row, computed together."""

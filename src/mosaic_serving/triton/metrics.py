@@ -76,8 +76,14 @@ class BatchMetrics:
 
     def batch(self, rows: int, waiting: int = 0) -> None:
         """A handler call of `rows` rows, taken with `waiting` requests left in the model's queue."""
-        best_effort(lambda: (self.batches.increment(1), self.rows.increment(rows),
-                             self.waiting is not None and self.waiting.set(waiting)))
+
+        def update() -> None:
+            self.batches.increment(1)
+            self.rows.increment(rows)
+            if self.waiting is not None:
+                self.waiting.set(waiting)
+
+        best_effort(update)
 
     def error(self, error: Exception) -> None:
         best_effort(lambda: self.errors[status_code(error)].increment(1))
