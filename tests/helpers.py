@@ -86,10 +86,16 @@ def http_generate(url: str, model: str, body: dict[str, Any]) -> tuple[int, dict
     return status, json.loads(payload)
 
 
+def sse_events(payload: str) -> list[dict[str, Any]]:
+    """The decoded `data:` events of a server-sent event stream. Lines end at "\n" only: a
+    generated text may hold characters that `str.splitlines` also takes for line ends (U+0085)."""
+    return [json.loads(line[len("data:"):]) for line in payload.split("\n") if line.startswith("data:")]
+
+
 def http_generate_stream(url: str, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """Triton's `POST /v2/models/<model>/generate_stream` (SSE): the decoded `data:` events."""
     status, payload = http_post(url, f"/v2/models/{model}/generate_stream", body)
     assert status == 200, payload
-    events = [json.loads(line[len("data:"):]) for line in payload.splitlines() if line.startswith("data:")]
+    events = sse_events(payload)
     assert events, f"no SSE events in {payload!r}"
     return events

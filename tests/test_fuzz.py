@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from helpers import grpc_stream, http_post, tensor
+from helpers import grpc_stream, http_post, sse_events, tensor
 from reliability import limited_server, stub_pids
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
@@ -167,7 +167,7 @@ def send_http(server, model, chosen, endpoint) -> str:
         triton_parse_error = status == 500 and json.loads(payload)["error"].startswith("Unable to parse")
         assert status in (200, 400) or triton_parse_error, (status, payload)
         if endpoint == "generate_stream" and status == 200:
-            events = [json.loads(line[5:]) for line in payload.splitlines() if line.startswith("data:")]
+            events = sse_events(payload)
             assert events, payload
             errors = [event["error"] for event in events if "error" in event]
             assert all(not e.split(":")[0].endswith(("Error", "Exception")) for e in errors), errors
