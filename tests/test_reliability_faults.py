@@ -20,6 +20,7 @@ from mosaic_serving.launcher.server import LocalTritonServer
 from reliability import add_handler_model, copy_model, handler_model_config, stub_pids, wait_for
 
 ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "", run_on_worker="true")
+ECHO_IN_EXECUTE = handler_model_config("faulty_handler.FaultyHandler", 0, "")
 UNKNOWN_KWARG = ECHO.replace('parameters [', 'parameters [{ key: "colour" value: { string_value: "red" } }, ')
 QUEUE_WITHOUT_WORKER = handler_model_config("faulty_handler.FaultyHandler", 4, "dynamic_batching { }",
                                             max_queue_size="8")
@@ -36,11 +37,12 @@ def faults(tmp_path_factory):
     copy_model(repo, "mpt")
     copy_model(repo, "custom_example")
     add_handler_model(repo, "echo", ECHO)
+    add_handler_model(repo, "echo_in_execute", ECHO_IN_EXECUTE)
     copy_model(repo, "bad_path", missing_weights, source="mpt")
     add_handler_model(repo, "bad_config", UNKNOWN_KWARG)
     add_handler_model(repo, "broken_pbtxt", "backend: \"python\"\nmax_batch_size: [ oops")
     add_handler_model(repo, "queue_without_worker", QUEUE_WITHOUT_WORKER)
-    models = ["mpt", "custom_example", "echo", "bad_path", "bad_config", "broken_pbtxt", "queue_without_worker"]
+    models = ["mpt", "custom_example", "echo", "echo_in_execute", "bad_path", "bad_config", "broken_pbtxt", "queue_without_worker"]
     server = LocalTritonServer(
         repo, models=models, env={**tiny_model_env({}), "HF_HUB_OFFLINE": "1"}, log_file=root / "tritonserver.log",
         extra_args=["--exit-on-error=false", "--strict-readiness=false"], lock_model_control=True,
@@ -49,8 +51,8 @@ def faults(tmp_path_factory):
         yield server
 
 
-def echo(server, value) -> dict:
-    status, body = http_generate(server.http_url, "echo", {"request": json.dumps({"input": value})})
+def echo(server, value, model: str = "echo") -> dict:
+    status, body = http_generate(server.http_url, model, {"request": json.dumps({"input": value})})
     assert status == 200, body
     return json.loads(body["response"])
 
@@ -128,32 +130,75 @@ def test_a_killed_stub_is_reloaded_and_the_model_serves_again(faults, model, req
     client.close()
 
 
-def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, tmp_path):
-    """Triton 2.51 waits for `execute` in 1-second windows: a backend process that shows no
-    sign of life for a whole window fails the request ("Stub process ... is not healthy"), and
-    Triton then aborts the whole server at that model's next request. `echo` runs its requests
-    on its worker (`run_on_worker`), off `execute`, so a process frozen (SIGSTOP, as a starved
-    node can stall it) for 2.5 s while it computes a request only delays the answer."""
+@pytest.mark.parametrize("model", ["echo", "echo_in_execute"])
+def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, model, tmp_path):
+    """Triton 2.51 waits on a backend process in 1-second windows and, without the process's
+    second heartbeat (`mosaic_serving.triton.heartbeat`), fails the request when the process
+    shows no sign of life for a whole window, then aborts the server at that model's next
+    request. A process frozen (SIGSTOP, as a starved node can stall it) for 2.5 s while it
+    computes a request, on its worker (`echo`) or in `execute`, only delays the answer."""
     started = tmp_path / "started"
     answer: dict = {}
 
     def send() -> None:
-        status, body = http_generate(faults.http_url, "echo", {"request": json.dumps(
+        status, body = http_generate(faults.http_url, model, {"request": json.dumps(
             {"input": "frozen", "sleep": 1.0, "started": str(started)})})
         answer.update(status=status, body=body)
 
     request = threading.Thread(target=send)
     request.start()
     wait_for(started.exists, timeout=30)
-    time.sleep(0.2)  # `execute` has returned by now: the request is on the model's worker thread
-    [pid] = stub_pids(faults, "echo")
-    os.kill(pid, signal.SIGSTOP)
-    time.sleep(2.5)
-    os.kill(pid, signal.SIGCONT)
+    time.sleep(0.2)  # computing: the handler sleeps 1 s
+    [pid] = stub_pids(faults, model)
+    freeze(pid, seconds=2.5)
     request.join(timeout=30)
     assert answer.get("status") == 200 and json.loads(answer["body"]["response"])["echo"] == "frozen", answer
-    assert echo(faults, "next")["echo"] == "next"
-    assert faults.process.poll() is None and stub_pids(faults, "echo") == [pid]
+    assert echo(faults, "next", model)["echo"] == "next"
+    assert faults.process.poll() is None and stub_pids(faults, model) == [pid]
+
+
+@pytest.mark.parametrize("model, request_", [
+    ("echo", lambda server: echo(server, 1)),
+    ("echo_in_execute", lambda server: echo(server, 1, "echo_in_execute")),
+    ("custom_example", words_request),
+    ("mpt", mpt_request),
+], ids=["on its worker", "in execute", "decoupled custom", "mpt"])
+def test_a_request_sent_to_a_frozen_backend_process_is_answered_once_it_runs_again(faults, model, request_):
+    """The request reaches a process already frozen. Without the second heartbeat it failed
+    after a second ("Stub process ... is not healthy"); the resumed process then crashed on the
+    request's freed shared memory holding the pool's lock, and the server aborted at the
+    model's next request (boost::interprocess::lock_exception)."""
+    request_(faults)
+    [pid] = stub_pids(faults, model)
+    outcome: dict = {}
+
+    def send() -> None:
+        try:
+            request_(faults)
+            outcome["answered"] = True
+        except Exception as error:  # noqa: BLE001 - reported below
+            outcome["error"] = error
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        request = threading.Thread(target=send)
+        request.start()
+        time.sleep(2.5)
+        assert not outcome, outcome  # waits for the process
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    request.join(timeout=60)
+    assert outcome == {"answered": True}, outcome
+    request_(faults)
+    assert faults.process.poll() is None and stub_pids(faults, model) == [pid]
+
+
+def freeze(pid: int, seconds: float) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_clients_cannot_load_or_unload_models(faults):

@@ -26,13 +26,15 @@ background load failed this way).
 handler kwarg.
 
 Text files are read as UTF-8 in the backend process (`use_utf8_locale`), as in any Python
-started from a shell.
+started from a shell. Each backend process starts a heartbeat of its own (`heartbeat`), so
+that Triton waits for a process that stalls instead of failing its requests.
 """
 
 from __future__ import annotations
 
 import json
 import locale
+import subprocess
 from typing import Any, ClassVar
 
 import triton_python_backend_utils as pb_utils
@@ -42,6 +44,7 @@ from mosaic_serving.handlers.model_path import check_model_path
 from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_config
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
 from mosaic_serving.load_state import LOAD_STATE_METRIC, LoadState
+from mosaic_serving.triton import heartbeat
 from mosaic_serving.triton.batches import BatchQueue, QueuedRequest
 from mosaic_serving.triton.loading import HandlerLoad
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
@@ -65,6 +68,7 @@ class HandlerModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         use_utf8_locale()
+        self.heartbeat = start_heartbeat()
         self.args = args
         self.model_config = json.loads(args["model_config"])
         self.batched = self.model_config.get("max_batch_size", 0) > 0
@@ -114,6 +118,9 @@ class HandlerModel:
         return read_rows(arrays, self.inputs, self.batched)
 
     def finalize(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.kill()
+            self.heartbeat.wait()
         if self.load.state != LoadState.LOADED:
             return  # a load still running ends with the process
         close = getattr(self.handler, "close", None)
@@ -135,6 +142,17 @@ def use_utf8_locale() -> None:
         except locale.Error:
             continue
     pb_utils.Logger.log_warn("no UTF-8 locale found: files are read in the process's default encoding")
+
+
+def start_heartbeat() -> subprocess.Popen[bytes] | None:
+    """This backend process's second heartbeat (`heartbeat`); None, with a warning, where it
+    cannot start. Called on the process's main thread: the heartbeat dies with that thread."""
+    try:
+        return heartbeat.start()
+    except (heartbeat.LayoutError, OSError) as error:
+        pb_utils.Logger.log_warn(f"this backend process has no second heartbeat ({error}): a stall of over a "
+                                 "second will fail its requests and can abort the server")
+        return None
 
 
 class BatchedModel(HandlerModel):
