@@ -88,10 +88,6 @@ class HealthFlag:
         if not all(0 < handle < size for handle in handles) or len(set(handles)) != len(handles):
             raise LayoutError(f"queue handles {handles} are not distinct offsets in the region")
 
-    @property
-    def healthy(self) -> bool:
-        return self._map[self._offset] == 1
-
     def beat(self) -> None:
         """Mark the stub healthy. Triton clears the flag, under its mutex, when a window opens
         and reads it when the window ends; a single-byte store needs no lock to be seen."""
