@@ -90,6 +90,17 @@ def test_a_process_without_a_stub_command_line_has_no_heartbeat():
         heartbeat.HealthFlag.of_stub(os.getpid())
 
 
+def test_a_heartbeat_that_cannot_start_is_reported_and_nothing_is_left_running(region, tmp_path):
+    write_region(region, control_block(flags=(0, 0, 0, 0)))
+    script = tmp_path / "fake_stub.py"
+    script.write_text("import sys\nfrom mosaic_serving.triton import heartbeat\nsys.executable = '/bin/false'\n"
+                      "try:\n    heartbeat.start()\nexcept heartbeat.NoHeartbeat as error:\n    print(error)\n")
+    stub = subprocess.run([sys.executable, str(script), region.name, "-", "-", "-", "-", str(HANDLE)],
+                          capture_output=True, text=True, timeout=60)
+    assert "did not start beating (exit status 1)" in stub.stdout, stub
+    assert health(region) == 0  # nothing beat
+
+
 def process_state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -141,7 +141,7 @@ def start_heartbeat() -> subprocess.Popen[bytes] | None:
     cannot start. Called on the process's main thread: the heartbeat dies with that thread."""
     try:
         return heartbeat.start()
-    except (heartbeat.LayoutError, OSError) as error:
+    except (heartbeat.NoHeartbeat, OSError) as error:
         pb_utils.Logger.log_warn(f"this backend process has no second heartbeat ({error}): a stall of over a "
                                  "second will fail its requests and can abort the server")
         return None

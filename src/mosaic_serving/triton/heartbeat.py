@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -42,9 +43,14 @@ PROCESS_SHARED = 0x80  # glibc's PTHREAD_MUTEX_PSHARED_BIT
 HANDLES = 88  # the five queue handles, after the second mutex
 CONTROL_BYTES = HANDLES + 5 * 8
 PR_SET_PDEATHSIG = 1
+BEATING = b"beating\n"  # the heartbeat's word to the stub that it has attached and beats
 
 
-class LayoutError(RuntimeError):
+class NoHeartbeat(RuntimeError):
+    """The heartbeat could not start."""
+
+
+class LayoutError(NoHeartbeat):
     """The stub's shared memory is not laid out as this module expects."""
 
 
@@ -92,12 +98,19 @@ class HealthFlag:
         self._map[self._offset] = 1
 
 
-def start() -> subprocess.Popen[bytes]:
-    """Start the heartbeat of this process, a stub; LayoutError (nothing started) if its
-    shared memory is not laid out as expected."""
+def start(timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """Start the heartbeat of this process, a stub, and wait until it beats; NoHeartbeat
+    (nothing left running) if it cannot, LayoutError if the shared memory is laid out otherwise."""
     HealthFlag.of_stub(os.getpid())
-    return subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, close_fds=True)
+    process = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, close_fds=True)
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready or process.stdout.readline() != BEATING:
+        process.kill()
+        process.wait()
+        raise NoHeartbeat(f"{sys.executable} -m {__name__} did not start beating (exit status {process.returncode})")
+    process.stdout.close()
+    return process
 
 
 def beat_while_alive(stub: int) -> None:
@@ -105,6 +118,9 @@ def beat_while_alive(stub: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the stub's main thread
     flag = HealthFlag.of_stub(stub)
+    flag.beat()
+    sys.stdout.buffer.write(BEATING)
+    sys.stdout.close()
     while os.getppid() == stub:
         flag.beat()
         time.sleep(BEAT_SECONDS)
