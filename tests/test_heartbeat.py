@@ -90,7 +90,7 @@ def test_a_process_without_a_stub_command_line_has_no_heartbeat():
         heartbeat.HealthFlag.of_stub(os.getpid())
 
 
-def test_a_heartbeat_that_cannot_start_is_reported_and_nothing_is_left_running(region, tmp_path):
+def test_a_heartbeat_that_cannot_start_is_reported(region, tmp_path):
     write_region(region, control_block(flags=(0, 0, 0, 0)))
     script = tmp_path / "fake_stub.py"
     script.write_text("import sys\nfrom mosaic_serving.triton import heartbeat\nsys.executable = '/bin/false'\n"
