@@ -49,17 +49,15 @@ FAULTY_HANDLER = textwrap.dedent(
 )
 
 
-def handler_model_config(handler: str, max_batch_size: int, batching: str, **parameters: str) -> str:
+def handler_model_config(handler: str, max_batch_size: int, batching: str) -> str:
     """config.pbtxt of a generic custom model running `handler`, batched as `batching` says."""
-    entries = ", ".join(f'{{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-                        for key, value in {"handler": handler, **parameters}.items())
     return textwrap.dedent(
         f"""
         backend: "python"
         max_batch_size: {max_batch_size}
         {batching}
         instance_group [{{ count: 1 kind: KIND_AUTO }}]
-        parameters [{entries}]
+        parameters [{{ key: "handler" value: {{ string_value: "{handler}" }} }}]
         """
     )
 
@@ -108,14 +106,14 @@ def _small_custom_limits(text: str) -> str:
 
 
 def build_limited_repository(repo: Path) -> list[str]:
-    """The four models with small limits, plus `faulty` (batched) and `queued` (on its worker, a
-    queue of 2)."""
+    """The four models with small limits, plus `faulty` (batched) and `queued` (queue of 2)."""
     for name in MODELS:
         copy_model(repo, name, _small_custom_limits if name == "custom_example" else lambda text: text)
     add_handler_model(repo, "faulty", handler_model_config(
         "faulty_handler.FaultyHandler", 8, "dynamic_batching { max_queue_delay_microseconds: 300000 }"))
     add_handler_model(repo, "queued", handler_model_config(
-        "faulty_handler.FaultyHandler", 1, "dynamic_batching { }", run_on_worker="true", max_queue_size="2"))
+        "faulty_handler.FaultyHandler", 1,
+        "dynamic_batching { default_queue_policy { max_queue_size: 2 timeout_action: REJECT } }"))
     return [*MODELS, "faulty", "queued"]
 
 

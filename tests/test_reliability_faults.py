@@ -19,11 +19,8 @@ from mosaic_serving.serve import tiny_model_env
 from mosaic_serving.launcher.server import LocalTritonServer
 from reliability import add_handler_model, copy_model, handler_model_config, stub_pids, wait_for
 
-ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "", run_on_worker="true")
-ECHO_IN_EXECUTE = handler_model_config("faulty_handler.FaultyHandler", 0, "")
+ECHO = handler_model_config("faulty_handler.FaultyHandler", 0, "")
 UNKNOWN_KWARG = ECHO.replace('parameters [', 'parameters [{ key: "colour" value: { string_value: "red" } }, ')
-QUEUE_WITHOUT_WORKER = handler_model_config("faulty_handler.FaultyHandler", 4, "dynamic_batching { }",
-                                            max_queue_size="8")
 
 
 def missing_weights(config: str) -> str:
@@ -37,12 +34,10 @@ def faults(tmp_path_factory):
     copy_model(repo, "mpt")
     copy_model(repo, "custom_example")
     add_handler_model(repo, "echo", ECHO)
-    add_handler_model(repo, "echo_in_execute", ECHO_IN_EXECUTE)
     copy_model(repo, "bad_path", missing_weights, source="mpt")
     add_handler_model(repo, "bad_config", UNKNOWN_KWARG)
     add_handler_model(repo, "broken_pbtxt", "backend: \"python\"\nmax_batch_size: [ oops")
-    add_handler_model(repo, "queue_without_worker", QUEUE_WITHOUT_WORKER)
-    models = ["mpt", "custom_example", "echo", "echo_in_execute", "bad_path", "bad_config", "broken_pbtxt", "queue_without_worker"]
+    models = ["mpt", "custom_example", "echo", "bad_path", "bad_config", "broken_pbtxt"]
     server = LocalTritonServer(
         repo, models=models, env={**tiny_model_env({}), "HF_HUB_OFFLINE": "1"}, log_file=root / "tritonserver.log",
         extra_args=["--exit-on-error=false", "--strict-readiness=false"], lock_model_control=True,
@@ -51,8 +46,8 @@ def faults(tmp_path_factory):
         yield server
 
 
-def echo(server, value, model: str = "echo") -> dict:
-    status, body = http_generate(server.http_url, model, {"request": json.dumps({"input": value})})
+def echo(server, value) -> dict:
+    status, body = http_generate(server.http_url, "echo", {"request": json.dumps({"input": value})})
     assert status == 200, body
     return json.loads(body["response"])
 
@@ -63,7 +58,6 @@ def echo(server, value, model: str = "echo") -> dict:
         ("bad_path", "model_name_or_path '/nonexistent/mpt' does not exist"),
         ("bad_config", "unexpected keyword argument 'colour'"),
         ("broken_pbtxt", "failed to read text proto"),
-        ("queue_without_worker", "max_queue_size bounds the queue of a model that runs on its worker"),
     ],
 )
 def test_a_model_that_fails_to_load_reports_why_while_the_others_serve(faults, model, reason):
@@ -130,18 +124,25 @@ def test_a_killed_stub_is_reloaded_and_the_model_serves_again(faults, model, req
     client.close()
 
 
-@pytest.mark.parametrize("model", ["echo", "echo_in_execute"])
-def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, model, tmp_path):
+def freeze(pid: int, seconds: float) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(faults, tmp_path):
     """Triton 2.51 waits on a backend process in 1-second windows and, without the process's
     second heartbeat (`mosaic_serving.triton.heartbeat`), fails the request when the process
     shows no sign of life for a whole window, then aborts the server at that model's next
     request. A process frozen (SIGSTOP, as a starved node can stall it) for 2.5 s while it
-    computes a request, on its worker (`echo`) or in `execute`, only delays the answer."""
+    computes a request in `execute` only delays the answer."""
     started = tmp_path / "started"
     answer: dict = {}
 
     def send() -> None:
-        status, body = http_generate(faults.http_url, model, {"request": json.dumps(
+        status, body = http_generate(faults.http_url, "echo", {"request": json.dumps(
             {"input": "frozen", "sleep": 1.0, "started": str(started)})})
         answer.update(status=status, body=body)
 
@@ -149,20 +150,19 @@ def test_a_backend_process_frozen_past_a_second_while_it_computes_still_answers(
     request.start()
     wait_for(started.exists, timeout=30)
     time.sleep(0.2)  # computing: the handler sleeps 1 s
-    [pid] = stub_pids(faults, model)
+    [pid] = stub_pids(faults, "echo")
     freeze(pid, seconds=2.5)
     request.join(timeout=30)
     assert answer.get("status") == 200 and json.loads(answer["body"]["response"])["echo"] == "frozen", answer
-    assert echo(faults, "next", model)["echo"] == "next"
-    assert faults.process.poll() is None and stub_pids(faults, model) == [pid]
+    assert echo(faults, "next")["echo"] == "next"
+    assert faults.process.poll() is None and stub_pids(faults, "echo") == [pid]
 
 
 @pytest.mark.parametrize("model, request_", [
     ("echo", lambda server: echo(server, 1)),
-    ("echo_in_execute", lambda server: echo(server, 1, "echo_in_execute")),
     ("custom_example", words_request),
     ("mpt", mpt_request),
-], ids=["on its worker", "in execute", "decoupled custom", "mpt"])
+], ids=["batched", "decoupled custom", "mpt"])
 def test_a_request_sent_to_a_frozen_backend_process_is_answered_once_it_runs_again(faults, model, request_):
     """The request reaches a process already frozen. Without the second heartbeat it failed
     after a second ("Stub process ... is not healthy"); the resumed process then crashed on the
@@ -191,14 +191,6 @@ def test_a_request_sent_to_a_frozen_backend_process_is_answered_once_it_runs_aga
     assert outcome == {"answered": True}, outcome
     request_(faults)
     assert faults.process.poll() is None and stub_pids(faults, model) == [pid]
-
-
-def freeze(pid: int, seconds: float) -> None:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(seconds)
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def test_clients_cannot_load_or_unload_models(faults):

@@ -4,21 +4,18 @@
 on this instance's device in the background (`loading.HandlerLoad`): Triton's Python backend
 kills a backend process that stalls for a second while Triton waits on it, so nothing slow
 runs while it waits in `initialize`. Two ways to execute:
-- `BatchedModel` (dynamic batching): the rows of a batch of requests run in one handler call,
-  in `execute` or, with `run_on_worker`, on a worker thread that answers each request
-  (`batches.BatchQueue`); if that call fails, each request is run alone so that only the
-  faulty request gets an error.
+- `BatchedModel` (dynamic batching): every row of every request in `execute` runs in one
+  handler call; if that call fails, each request is run alone so that only the faulty
+  request gets an error.
 - decoupled models (streaming) send their responses themselves, through each request's
   `responses.ResponseStream`, see `models/mpt.py` and `models/custom.py`.
-Requests that come during the load wait for it (off `execute` for `mpt` and on the worker).
+Requests that come during the load wait for it (`mpt`'s off `execute`).
 Errors become responses: InvalidRequestError is INVALID_ARGUMENT, UnavailableError (a full
 queue, a failed load) UNAVAILABLE, anything else INTERNAL.
 
 Parameters the adapter itself takes from config.pbtxt (the rest go to the handler):
 `max_request_bytes` (default 1 MiB): the input tensors' total size, checked before any
 decoding, so an oversize request is refused clearly rather than tokenized or embedded.
-`run_on_worker` (batched models, default "false") and `max_queue_size` (only with it, else the
-load fails; default 0: unbounded): see `BatchedModel`.
 `load_in_background` (default "true"): "false" builds the handler inside `initialize`, so
 that a failure fails the load and Triton reports it (the launcher reloads a model whose
 background load failed this way).
@@ -45,10 +42,9 @@ from mosaic_serving.triton.contract import TensorField, TensorSpec, complete_con
 from mosaic_serving.triton.config import EXECUTION_ENV_PARAMETER, config_parameters, instance_device
 from mosaic_serving.load_state import LOAD_STATE_METRIC, LoadState
 from mosaic_serving.triton import heartbeat
-from mosaic_serving.triton.batches import BatchQueue, QueuedRequest
 from mosaic_serving.triton.loading import HandlerLoad
 from mosaic_serving.triton.metrics import BatchMetrics, ModelMetrics, best_effort
-from mosaic_serving.triton.responses import ResponseStream, error_response
+from mosaic_serving.triton.responses import error_response
 from mosaic_serving.triton.tensors import read_rows, request_bytes
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -73,8 +69,9 @@ class HandlerModel:
         self.model_config = json.loads(args["model_config"])
         self.batched = self.model_config.get("max_batch_size", 0) > 0
         kwargs = config_parameters(self.model_config)
+        self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
         background = str(kwargs.pop("load_in_background", "true")).lower() != "false"
-        self.take_adapter_parameters(kwargs)
+        kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
         self.device = instance_device(args)
         if self.passes_device:
             kwargs.setdefault("device", self.device)
@@ -89,11 +86,6 @@ class HandlerModel:
     def handler(self) -> Any:
         """The handler, once loaded (waits for it); ModelLoadError (UNAVAILABLE) if it failed."""
         return self.load.result()
-
-    def take_adapter_parameters(self, kwargs: dict[str, Any]) -> None:
-        """Take the parameters the adapter itself uses out of `kwargs` (the rest go to the handler)."""
-        self.max_request_bytes = int(kwargs.pop("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
-        kwargs.pop(EXECUTION_ENV_PARAMETER, None)  # the Python backend's own: the stub's environment
 
     def configure(self, kwargs: dict[str, Any]) -> None:
         """Set-up that must be quick (runs inside `initialize`): take this model's own parameters
@@ -156,33 +148,11 @@ def start_heartbeat() -> subprocess.Popen[bytes] | None:
 
 
 class BatchedModel(HandlerModel):
-    """A dynamically batched model: the rows of a batch of requests run in one handler call.
-
-    Where they run is the model's `run_on_worker` parameter (default "false"):
-    - in `execute` (false): all of the batch's answers go back in one message, the fastest for
-      light requests; Triton waits on `execute` meanwhile (1-second windows, see `batches`).
-    - on the model's worker thread (true): `execute` queues the requests (`batches.BatchQueue`)
-      and returns, and each request is answered through its response sender, so a stall of the
-      process while it computes does not fail the request. `max_queue_size` (default 0:
-      unbounded) bounds that queue.
-    """
+    """A model whose requests, as dynamic batching delivers them, run in one handler call."""
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
-        self.batch_metrics = BatchMetrics(self.metrics, queued=self.run_on_worker)
-        self.batches: BatchQueue | None = None
-        if self.run_on_worker:
-            self.batches = BatchQueue(args.get("model_name", "model"), self._run_batch,
-                                      max_rows=self.model_config.get("max_batch_size", 0),
-                                      max_waiting=self.max_queue_size or None)
-
-    def take_adapter_parameters(self, kwargs: dict[str, Any]) -> None:
-        super().take_adapter_parameters(kwargs)
-        self.run_on_worker = str(kwargs.pop("run_on_worker", "false")).lower() == "true"
-        self.max_queue_size = int(kwargs.pop("max_queue_size", 0))
-        if self.max_queue_size and not self.run_on_worker:
-            raise ValueError("max_queue_size bounds the queue of a model that runs on its worker: set "
-                             "run_on_worker to \"true\", or bound Triton's queue with default_queue_policy")
+        self.batch_metrics = BatchMetrics(self.metrics)
 
     def run(self, rows: list[dict[str, Any]]) -> list[Any]:
         """One result per row, computed together."""
@@ -192,22 +162,8 @@ class BatchedModel(HandlerModel):
         """The response tensors of one request from its rows' results."""
         raise NotImplementedError
 
-    def execute(self, requests: list) -> list[pb_utils.InferenceResponse] | None:
-        if self.batches is None:
-            return [self._response(outcome) for outcome in self._outcomes([self._read(r) for r in requests])]
-        for request in requests:  # on the worker: queue each request; one that cannot be queued is answered now
-            responses = ResponseStream(request)
-            try:
-                self.batches.put(QueuedRequest(responses, self.read(request)))
-            except Exception as error:  # noqa: BLE001 - becomes this request's error response
-                responses.send(self._response(error), final=True)
-        return None
-
-    def _run_batch(self, batch: list[QueuedRequest]) -> None:
-        """On the worker: run a batch of queued requests and answer each."""
-        outcomes = self._outcomes([request.rows for request in batch], self.batches.waiting)
-        for request, outcome in zip(batch, outcomes):
-            request.responses.send(self._response(outcome), final=True)
+    def execute(self, requests: list) -> list[pb_utils.InferenceResponse]:
+        return [self._response(outcome) for outcome in self._outcomes([self._read(r) for r in requests])]
 
     def _read(self, request) -> list[dict[str, Any]] | Exception:
         try:
@@ -215,13 +171,12 @@ class BatchedModel(HandlerModel):
         except Exception as error:  # noqa: BLE001 - becomes this request's error response
             return error
 
-    def _outcomes(self, requests: list[list[dict[str, Any]] | Exception], waiting: int = 0
-                  ) -> list[list[Any] | Exception]:
+    def _outcomes(self, requests: list[list[dict[str, Any]] | Exception]) -> list[list[Any] | Exception]:
         """Each request's results (or error): the rows of every readable request in one call;
         if that call fails, each request alone, so that only the faulty request gets an error."""
         valid = [rows for rows in requests if not isinstance(rows, Exception)]
         if valid:
-            self.batch_metrics.batch(sum(len(rows) for rows in valid), waiting)
+            self.batch_metrics.batch(sum(len(rows) for rows in valid))
         try:
             results = iter(self.run([row for rows in valid for row in rows]))
             computed = {id(rows): [next(results) for _ in rows] for rows in valid}

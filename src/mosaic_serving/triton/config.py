@@ -17,11 +17,10 @@ from typing import Any, Mapping
 # The Python backend's parameter naming the Python environment a model's stub runs in.
 EXECUTION_ENV_PARAMETER = "EXECUTION_ENV_PATH"
 # Parameters the shared adapter (or the backend) takes for itself; every other one is a handler
-# kwarg. `max_request_bytes`: any model; `run_on_worker`, `max_queue_size`: the batched models
-# (`mpt`'s handler takes a `max_queue_size` of its own); `handler`, `max_concurrent_requests`,
-# `python_path`: the generic custom model.
-ADAPTER_PARAMETERS = frozenset({"max_request_bytes", "run_on_worker", "max_queue_size", "handler",
-                                "max_concurrent_requests", "python_path", EXECUTION_ENV_PARAMETER})
+# kwarg. `max_request_bytes`: any model; `handler`, `max_concurrent_requests`, `python_path`:
+# the generic custom model.
+ADAPTER_PARAMETERS = frozenset({"max_request_bytes", "handler", "max_concurrent_requests", "python_path",
+                                EXECUTION_ENV_PARAMETER})
 
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 

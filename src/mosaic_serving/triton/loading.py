@@ -10,8 +10,8 @@ configuration, and the handler is built here, outside every window.
 
 The load's state is a gauge on Triton's metrics port, `mosaic_model_load_state` (0 loading,
 1 loaded, -1 failed), which the launcher waits for before it calls the server ready.
-Requests that arrive while the handler loads wait for it, outside `execute` (`when_done`,
-and the batched models' worker thread); if the load failed they get
+Requests that arrive while the handler loads wait for it (`mpt`'s outside `execute`,
+through `when_done`); if the load failed they get
 UNAVAILABLE with the reason, and the launcher loads the model again in the foreground
 (`load_in_background: "false"`) so that Triton itself reports it unavailable, with why.
 """

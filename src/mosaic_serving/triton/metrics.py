@@ -56,32 +56,26 @@ def best_effort(update: Callable[[], Any]) -> None:
 
 
 class BatchMetrics:
-    """A dynamically batched model's handler calls, rows per call, queue and failed requests.
+    """A dynamically batched model's handler calls, rows per call and failed requests.
 
     `mosaic_batch_rows_total / mosaic_batches_total` is the mean batch size: how well
-    dynamic batching fills the stacked forward passes. A model that runs on its worker
-    (`queued`) keeps its requests in its own queue (`triton.batches`), not Triton's:
-    `mosaic_waiting_requests` is that queue's length.
+    dynamic batching fills the stacked forward passes.
     """
 
-    def __init__(self, metrics: ModelMetrics, queued: bool = False):
-        self.batches = metrics.counter("mosaic_batches_total", "Handler calls, one per batch of requests")
+    def __init__(self, metrics: ModelMetrics):
+        self.batches = metrics.counter("mosaic_batches_total", "Handler calls, one per dynamically batched execute")
         self.rows = metrics.counter("mosaic_batch_rows_total", "Rows run by those handler calls")
-        self.waiting = metrics.gauge("mosaic_waiting_requests", "Requests queued for the model's worker, "
-                                     "as it took its latest batch") if queued else None
         self.errors = {
             code: metrics.counter("mosaic_request_errors_total", "Requests answered with an error, by code", code=code)
             for code in STATUS_CODES
         }
 
-    def batch(self, rows: int, waiting: int = 0) -> None:
-        """A handler call of `rows` rows, taken with `waiting` requests left in the model's queue."""
+    def batch(self, rows: int) -> None:
+        """A handler call of `rows` rows."""
 
         def update() -> None:
             self.batches.increment(1)
             self.rows.increment(rows)
-            if self.waiting is not None:
-                self.waiting.set(waiting)
 
         best_effort(update)
 

@@ -1,5 +1,5 @@
-"""One request's responses, sent from any thread: the path every model answers through
-(`mpt` and streaming custom handlers, many responses a request; the batched models, one).
+"""One decoupled request's responses: the path every streaming model sends through (`mpt`,
+and custom handlers with `predict_stream`).
 
 Triton frees a request's response factory once its FINAL response is sent; asking the
 request anything after that (`is_cancelled`) reads freed memory in the server (a crash, seen
@@ -33,7 +33,7 @@ def error_response(error: Exception) -> pb_utils.InferenceResponse:
 
 
 class ResponseStream:
-    """The responses of one request, sent from any thread."""
+    """The responses of one decoupled request, sent from any thread."""
 
     def __init__(self, request):
         self.request = request
