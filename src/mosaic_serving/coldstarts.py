@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -112,8 +111,10 @@ def cold_start(version: Version, models: list[str], log_dir: Path, index: int,
     finally:
         server.stop()
     seconds = time.monotonic() - began
-    log_file.unlink(missing_ok=True)  # only failed starts keep their log
-    return StartOutcome(True, seconds, "served all models", server.heartbeat_restarts)
+    if not server.heartbeat_restarts:
+        log_file.unlink(missing_ok=True)  # only failed or restarted starts keep their log
+        return StartOutcome(True, seconds, "served all models")
+    return StartOutcome(True, seconds, f"served all models (log: {log_file})", server.heartbeat_restarts)
 
 
 # ---- the heavy neighbour ------------------------------------------------------------------
@@ -327,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, results in outcomes.items():
         print(_summary(name, results))
     all_up = all(outcome.ok for results in outcomes.values() for outcome in results)
-    if all_up:
-        shutil.rmtree(log_dir, ignore_errors=True)
+    if any(log_dir.iterdir()):
+        print(f"logs of failed or restarted starts: {log_dir}")
     else:
-        print(f"logs of failed starts: {log_dir}")
+        log_dir.rmdir()
     return 0 if all_up else 1
 
 
