@@ -131,3 +131,42 @@ def test_the_heartbeat_beats_for_a_frozen_process_and_dies_with_it(region, tmp_p
     finally:
         stub.kill()
         stub.wait()
+
+
+EARLY_STUB = """
+import sys
+import mosaic_serving.triton  # as the model's module does, first
+from mosaic_serving.triton import heartbeat
+print(heartbeat._spawned_early.pid, flush=True)
+sys.stdin.readline()
+print(heartbeat.start().pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_backend_process_starts_its_heartbeat_as_it_imports_the_package(region, tmp_path):
+    """Triton's windows already run while the process imports the model's module: the heartbeat
+    beats before `initialize` asks for it, and `initialize` gets that same heartbeat."""
+    write_region(region, control_block(flags=(0, 0, 0, 0)))
+    stub_executable = tmp_path / heartbeat.STUB_EXECUTABLE  # a Python named as Triton's stub is
+    stub_executable.symlink_to(sys.executable)
+    script = tmp_path / "model.py"
+    script.write_text(EARLY_STUB)
+    source = Path(heartbeat.__file__).parents[2]
+    stub = subprocess.Popen([str(stub_executable), str(script), region.name, "-", "-", "-", "-", str(HANDLE)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(source)})
+    try:
+        early = int(stub.stdout.readline())
+        wait_for(lambda: health(region) == 1, timeout=10)  # beating, with start() not yet called
+        stub.stdin.write("\n")
+        stub.stdin.flush()
+        assert int(stub.stdout.readline()) == early
+    finally:
+        stub.kill()
+        stub.wait()
+    wait_for(lambda: process_state(early) in (None, "Z"), timeout=5)
+
+
+def test_other_processes_spawn_no_heartbeat_on_import():
+    assert heartbeat._spawned_early is None  # this test process imported the package

@@ -9,7 +9,7 @@ freed memory and crashes while holding the memory pool's lock. The server then a
 model's next request (`boost::interprocess::lock_exception`).
 
 A live stub is worth waiting for. So each stub starts a small process,
-`python -m mosaic_serving.triton.heartbeat <stub pid>`, that sets the stub's health flag every
+`python -I .../heartbeat.py <stub pid>`, that sets the stub's health flag every
 100 ms for as long as the stub lives. A stalled stub then delays its requests instead of
 failing them and the server, and a dead one is still noticed within a second: the heartbeat
 dies with it (`PR_SET_PDEATHSIG`).
@@ -43,6 +43,7 @@ PROCESS_SHARED = 0x80  # glibc's PTHREAD_MUTEX_PSHARED_BIT
 HANDLES = 88  # the five queue handles, after the second mutex
 CONTROL_BYTES = HANDLES + 5 * 8
 PR_SET_PDEATHSIG = 1
+STUB_EXECUTABLE = "triton_python_backend_stub"  # the Python backend's process, argv[0]
 BEATING = b"beating\n"  # the heartbeat's word to the stub that it has attached and beats
 
 
@@ -94,19 +95,46 @@ class HealthFlag:
         self._map[self._offset] = 1
 
 
+_spawned_early: subprocess.Popen[bytes] | None = None  # by spawn_in_stub, for `start`
+
+
+def spawn_in_stub() -> None:
+    """In a Triton backend process, spawn its heartbeat now, without waiting for it to beat.
+
+    Triton's 1 s windows open as soon as it asks the process to initialise, and the process
+    first imports the model's module (a few hundred ms on a busy node), so the package calls
+    this as it is imported: a stall in those imports is then covered too. Anywhere else, and
+    on any error, it does nothing; `start` tries again and reports why.
+    """
+    global _spawned_early
+    try:
+        argv0 = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0]
+        if _spawned_early is None and Path(argv0.decode()).name == STUB_EXECUTABLE:
+            _spawned_early = _spawn()
+    except (OSError, NoHeartbeat):
+        pass
+
+
 def start(timeout: float = 30.0) -> subprocess.Popen[bytes]:
-    """Start the heartbeat of this process, a stub, and wait until it beats; NoHeartbeat
-    (nothing left running) if it cannot, LayoutError if the shared memory is laid out otherwise."""
-    HealthFlag.of_stub(os.getpid())
-    process = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, close_fds=True)
+    """Start the heartbeat of this process, a stub, or take the one `spawn_in_stub` started, and
+    wait until it beats; NoHeartbeat (nothing left running) if it cannot, LayoutError if the
+    shared memory is laid out otherwise."""
+    global _spawned_early
+    process, _spawned_early = _spawned_early or _spawn(), None
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready or process.stdout.readline() != BEATING:
         process.kill()
         process.wait()
-        raise NoHeartbeat(f"{sys.executable} -m {__name__} did not start beating (exit status {process.returncode})")
+        raise NoHeartbeat(f"{sys.executable} {__file__} did not start beating (exit status {process.returncode})")
     process.stdout.close()
     return process
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    HealthFlag.of_stub(os.getpid())  # refuses another layout before anything runs
+    # The file, isolated (-I): it imports the standard library alone, so it starts fast.
+    return subprocess.Popen([sys.executable, "-I", __file__, str(os.getpid())], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, close_fds=True)
 
 
 def beat_while_alive(stub: int) -> None:
