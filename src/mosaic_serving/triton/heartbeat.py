@@ -108,8 +108,8 @@ def spawn_in_stub() -> None:
     """
     global _spawned_early
     try:
-        argv0 = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0]
-        if _spawned_early is None and Path(argv0.decode()).name == STUB_EXECUTABLE:
+        argv0 = os.fsdecode(Path("/proc/self/cmdline").read_bytes().split(b"\0")[0])
+        if _spawned_early is None and Path(argv0).name == STUB_EXECUTABLE:
             _spawned_early = _spawn()
     except (OSError, NoHeartbeat):
         pass
