@@ -287,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--startup-timeout", type=float, default=600,
                         help="seconds a start may take before it counts as hung (default 600)")
-    parser.add_argument("--log-dir", type=Path, default=None, help="where failed starts keep their log")
+    parser.add_argument("--log-dir", type=Path, default=None, help="where failed or restarted starts keep their log")
     return parser.parse_args(argv)
 
 
