@@ -58,6 +58,11 @@ def test_engine_benchmark_runs_both_ways_and_agrees_with_generate(tmp_path):
     assert points[("engine", 3)]["requests"] == 3 and points[("generate", 3)]["requests"] == 3
     engine = points[("engine", 3)]
     assert engine["ttft_p50_ms"] < engine["latency_p50_ms"]  # text streamed before the end
+    # the floor: the tiny model's weights read once at the bandwidth measured in the run
+    assert report["bandwidth_gb_s"] > 0
+    assert report["floor_ms_per_token"] == pytest.approx(report["weights_bytes"] / report["bandwidth_gb_s"] / 1e6, rel=0.01)
+    assert report["engine_batch1_x_floor"] == pytest.approx(points[("engine", 1)]["itl_p50_ms"]
+                                                            / report["floor_ms_per_token"], rel=0.01)
     saved = json.loads((tmp_path / "mpt-engine-tiny.json").read_text())
     assert saved["points"] == report["points"]
     assert "| 3 |" in (tmp_path / "mpt-engine-tiny.md").read_text()
@@ -67,6 +72,26 @@ def test_random_model_only_chooses_tokens_the_tokenizer_can_decode():
     import torch
 
     model = mpt_engine.build_random_model("tiny", torch.device("cpu"), torch.float32, tokenizer_size=100)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as in mpt-7b
     assert model.lm_head.weight.shape[0] == mpt_engine.SHAPES["tiny"]["vocab_size"]
     assert model.lm_head.weight[100:].abs().sum() == 0
     assert model.lm_head.weight[:100].abs().sum() > 0
+
+
+def test_gpu_check_script_runs_the_engine_benchmark_and_keeps_its_log(tmp_path):
+    """`scripts/gpu-check` is what a GPU host runs once; here on the CPU with the tiny shape."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check"
+    result = subprocess.run([str(script), str(tmp_path), "--shape", "tiny", "--device", "cpu", "--batch-sizes", "1",
+                             "2", "--new-tokens", "4", "--rounds", "1"],
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (tmp_path / "gpu-check.log").read_text()
+    assert "| transformers" in log and "engine loaded in" in log
+    report = json.loads((tmp_path / "mpt-engine-tiny.json").read_text())
+    assert [p["concurrency"] for p in report["points"]] == [1, 1, 2, 2]
+    assert "x the floor" in (tmp_path / "mpt-engine-tiny.md").read_text()

@@ -12,8 +12,10 @@ kernels); only the text is gibberish. For each batch size it times, in one proce
   inter-token latency per request;
 - `generate`: one `model.generate(use_cache=True)` call on a batch of that many rows,
   MosaicML's way (with the KV cache, which MPT's config leaves off by default).
-Every request makes exactly `new_tokens` tokens (no end-of-text stop). Writes
-`<output>/mpt-engine-<shape>.json` and `.md`.
+Every request makes exactly `new_tokens` tokens (no end-of-text stop). The floor is the
+time to read the weights once per step at the device's memory bandwidth, measured in the same
+run (`roofline`); the engine's batch-1 step (its inter-token latency) is reported as a
+multiple of it. Writes `<output>/mpt-engine-<shape>.json` and `.md`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import MptConfig, MptForCausalLM
 
 from mosaic_serving.benchmark import in_process
 from mosaic_serving.benchmark.report import save_results
+from mosaic_serving.benchmark.roofline import memory_bandwidth, weight_bytes
 from mosaic_serving.benchmark.stats import Measurement
 from mosaic_serving.devices import resolve_device, resolve_dtype
 from mosaic_serving.generation import GenerationEngine, SamplingParams
@@ -45,11 +49,12 @@ PROMPT = "MosaicML trains and serves large language models such as MPT-7B; Trito
 def build_random_model(shape: str, device: torch.device, dtype: torch.dtype, tokenizer_size: int) -> MptForCausalLM:
     """The architecture of `shape` with random weights, created on `device` in `dtype`.
 
-    The output rows of token ids past `tokenizer_size` are zeroed: those ids decode to no
-    text with the small tokenizer used here, so a model choosing them would stream nothing.
-    The matrix keeps its full shape, so each step costs what it costs with the real vocabulary.
+    The embedding rows of token ids past `tokenizer_size` are zeroed (input and output share
+    them, as in mpt-7b): those ids decode to no text with the small tokenizer used here, so a
+    model choosing them would stream nothing. The matrix keeps its full shape, so each step
+    costs what it costs with the real vocabulary.
     """
-    config = MptConfig(**SHAPES[shape], tie_word_embeddings=False)
+    config = MptConfig(**SHAPES[shape], tie_word_embeddings=True)  # as mpt-7b: no separate output matrix
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    bandwidth = memory_bandwidth(device, dtype, gib=4.0 if device.type == "cuda" else 1.0)
+    if device.type == "cuda":  # the peak memory reported is the engine's, not that measurement's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     tokenizer = build_tokenizer()
     model = build_random_model(args.shape, device, dtype, len(tokenizer))
@@ -134,7 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"built {args.shape} ({parameters / 1e9:.2f}B parameters, {dtype}) on {device} "
           f"in {time.perf_counter() - began:.1f} s", flush=True)
 
+    floor = _floor(weight_bytes(model), bandwidth)
+    began = time.perf_counter()
     engine = GenerationEngine(model, tokenizer, max_batch_size=max(args.batch_sizes))
+    compile_mode = engine.decode_step()
+    print(f"engine loaded in {time.perf_counter() - began:.1f} s: {compile_mode}", flush=True)
     params = SamplingParams(max_new_tokens=args.new_tokens, do_sample=False)
     agreement = greedy_agreement(model, engine, tokenizer, prompt_ids, args.new_tokens)
     points = []
@@ -147,16 +160,27 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"batch {batch_size}: engine {engine_point.outputs_per_s:.0f} tok/s, "
               f"generate {generate_point.outputs_per_s:.0f} tok/s", flush=True)
     engine.close()
+    peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     report = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "shape": args.shape, "parameters": parameters, "dtype": str(dtype).removeprefix("torch."),
-        "device": _device_name(device), "torch": torch.__version__, "prompt_tokens": len(prompt_ids),
-        "new_tokens": args.new_tokens, "greedy_engine_vs_generate": agreement,
-        "points": [p.summary() for p in points],
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None,
+        "device": _device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+        "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, "greedy_engine_vs_generate": agreement,
+        "compile_mode": compile_mode, **floor, "points": [p.summary() for p in points],
+        "peak_memory_gib": round(peak_memory / 2**30, 1) if peak_memory is not None else None,
     }
+    batch1 = next((p for p in report["points"] if p["mode"] == "engine" and p["concurrency"] == 1), None)
+    if batch1 is not None:
+        report["engine_batch1_x_floor"] = round(batch1["itl_p50_ms"] / floor["floor_ms_per_token"], 2)
     save_results(args.output / f"mpt-engine-{args.shape}", report, _markdown(report))
     return report
+
+
+def _floor(weights: int, bandwidth: float) -> dict:
+    """The time to read `weights` bytes once at `bandwidth` (bytes/s)."""
+    return {"weights_bytes": weights, "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+            "floor_ms_per_token": round(weights / bandwidth * 1e3, 6)}
 
 
 def _markdown(report: dict) -> str:
@@ -165,7 +189,12 @@ def _markdown(report: dict) -> str:
         f"{report['dtype']})", "",
         f"Device: {report['device']}, torch {report['torch']}; prompt {report['prompt_tokens']} tokens, "
         f"{report['new_tokens']} new tokens per request, greedy; engine's greedy text against generate's "
-        f"(batch 1): {report['greedy_engine_vs_generate']}.", "",
+        f"(batch 1): {report['greedy_engine_vs_generate']}; {report['when']}, transformers "
+        f"{report['transformers']}; engine {report['compile_mode']}.", "",
+        f"Floor: {report['weights_bytes'] / 1e9:.2f} GB of weights read once per step at "
+        f"{report['bandwidth_gb_s']} GB/s (measured here) = {report['floor_ms_per_token']:.3g} ms a token at "
+        "batch 1; the engine's batch-1 step "
+        f"(ITL p50) is {report.get('engine_batch1_x_floor', '-')} x the floor.", "",
         "| batch | engine tok/s | generate tok/s | engine / generate | engine TTFT p50 ms | engine ITL p50 ms |"
         " engine ITL p99 ms |",
         "|---|---|---|---|---|---|---|",

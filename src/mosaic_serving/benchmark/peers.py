@@ -42,6 +42,7 @@ import torch
 from transformers import AutoTokenizer
 
 from mosaic_serving.benchmark.report import save_results
+from mosaic_serving.benchmark.roofline import memory_bandwidth
 from mosaic_serving.tiny_models import DEFAULT_CACHE, tiny_model_path
 from mosaic_serving.tiny_models.mpt import CORPUS
 
@@ -144,21 +145,6 @@ def start_workers(args, model_path: Path, head_dim: int) -> tuple[dict[str, Work
 
 
 # ---- measuring -----------------------------------------------------------------------------
-
-
-def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second of reading a large fp32 tensor (best of `repeats`), all threads: by a
-    sum, and as a matrix times a vector, as a decode step reads its weights (MKL's kernel
-    reads faster than torch's sum here, so the sum alone would set the floor too low)."""
-    side = int((gib * 2**30 / 4) ** 0.5)
-    matrix, vector = torch.ones(side, side), torch.ones(side)
-    best = float("inf")
-    for read in (matrix.sum, lambda: torch.mv(matrix, vector)):
-        for _ in range(repeats):
-            began = time.perf_counter()
-            read()
-            best = min(best, time.perf_counter() - began)
-    return matrix.numel() * 4 / best
 
 
 def prompts_for(tokenizer) -> list[list[int]]:
