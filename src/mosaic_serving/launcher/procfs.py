@@ -3,7 +3,8 @@
 The launcher needs three facts that no portable API gives: which processes are left of a
 process group, which process listens on a port (so that "ready" means *our* server is
 ready, not another one on the same port), and which /dev/shm files no live process maps (the
-Python backend's regions that a killed server leaves behind).
+Python backend's regions that a killed server leaves behind). The benchmarks read how much
+CPU a process and its children have used.
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ def children(pid: int) -> list[tuple[int, str]]:
         if len(fields) > 1 and int(fields[1]) == pid:
             found.append((child, fields[0]))
     return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU time so far of `pid` and its live descendants, in seconds."""
+    parent_and_ticks = {}
+    for process in _pids():
+        try:
+            fields = _stat_fields(process)
+        except OSError:
+            continue
+        parent_and_ticks[process] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, added = set(), {pid}
+    while added:
+        tree |= added
+        added = {p for p, (parent, _) in parent_and_ticks.items() if parent in added} - tree
+    return sum(parent_and_ticks[p][1] for p in tree if p in parent_and_ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def _socket_inodes(pid: int) -> set[str]:
