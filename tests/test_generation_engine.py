@@ -13,6 +13,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from mosaic_serving.generation import GenerationEngine, SamplingParams, cpu_kernels
 from mosaic_serving.generation import decode_step as decode_step_module
+from mosaic_serving.generation import mpt_model
 from mosaic_serving.generation.request import Request
 from mosaic_serving.generation.runner import MptRunner, TransformersRunner
 from mosaic_serving.generation.sampling import BatchSampler, RowSampler
@@ -98,7 +99,7 @@ def test_greedy_requests_joining_mid_stream_equal_generate(tiny, untouched, comp
     try:
         step = engine.runner.step
         assert step.mode in (("default", "prepack") if compile_mode == "auto" else (compile_mode,))
-        assert step.fallback_reason is None and step.compiled == (step.mode in ("default", "freeze"))
+        assert step.fallback_reason is None and step.compiled == (step.mode in ("default", "freeze", "prepack"))
         separate = count_separate_prefills(engine)
         lengths = [40, 25, 33]
         texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
@@ -142,15 +143,15 @@ def test_a_request_joining_into_a_freed_slot_below_running_ones_equals_generate(
         engine.close()
 
 
-@pytest.mark.parametrize("slots", [4, 2])
-def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path, slots):
+@pytest.mark.parametrize("compile_mode, slots", [("default", 4), ("default", 2), ("prepack", 4)])
+def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path, compile_mode, slots):
     """On the CPU, "default" compiles at load the graphs every later step uses, whatever its rows
-    and cache columns. The head size here (64) equals a block of cache columns, as in
-    mosaicml/mpt-7b's family, which torch would otherwise fix as one size. With two slots,
-    two rows are all the slots, which torch specialises."""
+    and cache columns ("prepack": its one-row step). The head size here (64) equals a block of
+    cache columns, as in mosaicml/mpt-7b's family, which torch would otherwise fix as one size.
+    With two slots, two rows are all the slots, which torch specialises."""
     tiny_mpt.build(tmp_path, d_model=128, n_heads=2)
     model, untouched, tokenizer = load(tmp_path), load(tmp_path), tiny[1]
-    engine = GenerationEngine(model, tokenizer, max_batch_size=slots, compile_mode="default")
+    engine = GenerationEngine(model, tokenizer, max_batch_size=slots, compile_mode=compile_mode)
     try:
         step = engine.runner.step
         assert step.dynamic and step.fallback_reason is None
@@ -162,6 +163,38 @@ def test_the_compiled_cpu_step_compiles_nothing_after_the_load(tiny, tmp_path, s
         assert step.fallback_reason is None
     finally:
         engine.close()
+
+
+def test_prepack_compiles_one_row_steps_with_a_loop_over_each_row_major_matrix(tiny, untouched, monkeypatch):
+    """"prepack": the one-row step's graph, traced at load, takes every product (the blocks'
+    and the output matrix's) as `_vector_product` over the matrices stored row-major again;
+    eager steps (several rows) keep oneDNN's products."""
+    traced = []
+    vector_product = mpt_model._vector_product
+    monkeypatch.setattr(mpt_model, "_vector_product", lambda module, x: traced.append(module) or vector_product(module, x))
+    model, tokenizer = tiny
+    engine = GenerationEngine(model, tokenizer, max_batch_size=4, compile_mode="prepack")
+    try:
+        decoder = engine.runner.decoder
+        assert all(linear.weight.is_contiguous() for linear in decoder.block_linears())
+        assert set(traced) == {*decoder.block_linears(), decoder.lm_head}
+        lengths = [12, 30]  # one row alone, then two
+        texts = run_staggered(engine, tokenizer, [(p, exact(n, do_sample=False)) for p, n in zip(PROMPTS, lengths)])
+        assert texts == [reference(untouched, tokenizer, p, n) for p, n in zip(PROMPTS, lengths)]
+        traced.clear()
+        with torch.inference_mode():
+            decoder.decode(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 64)
+        assert traced == []
+    finally:
+        engine.close()
+
+
+def test_a_vector_product_equals_the_linear_it_replaces():
+    linear = torch.nn.Linear(48, 80)
+    row = torch.randn(1, 1, 48)
+    compiled = torch.compile(mpt_model._vector_product, fullgraph=True)
+    torch.testing.assert_close(compiled(linear, row), torch.nn.functional.linear(row, linear.weight, linear.bias))
+    assert compiled(linear, row).shape == (1, 1, 80)
 
 
 def test_seeded_sampling_is_the_same_alone_and_batched(tiny):

@@ -13,8 +13,11 @@ Modes (`compile_mode`):
   columns as dynamic sizes: four graphs in all (one row or more; the cache's last block of
   columns or not), no buckets, no throw-away rows; the pointwise work is fused into C++
   loops, no Python runs between the kernels, and the matrices stay transformers' own.
-- "prepack" (CPU): no compiling; the matrices are reordered once for oneDNN's packed kernels
-  (what freezing gives), and every step, prefill included, uses them whatever its shape.
+- "prepack" (CPU): the matrices are reordered once for oneDNN's packed kernels (what freezing
+  gives), and every step of several rows, prefill included, uses them, uncompiled. A step of
+  one row runs a graph of its own, compiled over dynamic cache columns, where each product is
+  one fused loop over the row-major matrix (`mpt_model._vector_product`), which reads the
+  weights faster than the libraries' matrix-vector products.
 - "auto": "reduce-overhead" on CUDA; on the CPU "prepack" where oneDNN's packed products
   are clearly faster than torch's on the model's own matrices (timed at load, see
   `cpu_kernels`), "default" otherwise.
@@ -61,14 +64,14 @@ class DecodeStep:
         self.kernel_times: cpu_kernels.KernelTimes | None = None  # timed when "auto" chooses on the CPU
         self.auto_reason: str | None = None  # why "auto" chose what it did on the CPU
         self.mode = resolve_mode(compile_mode, self.device, self._packed_wins)
-        # graphs over dynamic rows and columns (CPU "default"), rather than one per bucket of shapes
-        self.dynamic = self.mode == "default" and self.device.type == "cpu"
+        # graphs over dynamic rows and columns (CPU "default", "prepack"), not one per bucket of shapes
+        self.dynamic = self.mode in ("default", "prepack") and self.device.type == "cpu"
         self.fallback_reason: str | None = None
         self._compiled = None
         if self.mode == "prepack":
             self._prepack()
-        elif self.mode != "none":
-            self._compiled = self._compile()
+        if self.mode != "none" and self.fallback_reason is None:
+            self._compiled = self._compile()  # "prepack": the one-row step's graph
 
     def _packed_wins(self) -> bool:
         linears = self.decoder.block_linears() + [self.decoder.lm_head]
@@ -103,7 +106,7 @@ class DecodeStep:
         return min(self.decoder.cache.slots, 1 << max(span - 1, 0).bit_length())
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, columns: int) -> torch.Tensor:
-        if self._compiled is not None:
+        if self._compiled is not None and (self.mode != "prepack" or tokens.shape[0] == 1):
             try:
                 return self._compiled(tokens, positions, self.decoder.column_index[:columns])
             except Exception as error:  # noqa: BLE001 - serve on, eagerly
@@ -131,7 +134,8 @@ class DecodeStep:
         if self.dynamic:
             # a single row is specialised; the cache's last column bucket is a bound of its own
             columns = sorted({first_columns, self.decoder.columns_for(self.decoder.max_len)})
-            return [(rows, c) for rows in sorted({1, min(2, slots)}) for c in columns]
+            rows = {1} if self.mode == "prepack" else {1, min(2, slots)}
+            return [(r, c) for r in sorted(rows) for c in columns]
         buckets, rows = [], 1
         while True:
             buckets.append((rows, first_columns))

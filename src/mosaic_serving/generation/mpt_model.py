@@ -92,9 +92,12 @@ class MptDecoder(nn.Module):
 
     def prepack(self, rows_hint: int = 8) -> None:
         """Reorder every matrix into oneDNN's blocked layout (CPU only), as inductor's freezing
-        does, so the steps use oneDNN's packed kernels without compiling. Costs a second copy of
-        the matrices (transformers' model keeps its own)."""
+        does, so that steps of several rows use oneDNN's packed kernels without compiling.
+        Costs a second copy of the matrices; transformers' model keeps its own, row-major
+        again: the layout that a compiled one-row step reads fastest (`_vector_product`)."""
         self._packed = {m: cpu_kernels.pack(m.weight, rows_hint) for m in self.block_linears() + [self.lm_head]}
+        for linear in self.block_linears():
+            linear.weight.data = linear.weight.data.contiguous()
 
     def block_linears(self) -> list[nn.Linear]:
         return [m for m in self.blocks.modules() if isinstance(m, nn.Linear)]
@@ -241,8 +244,32 @@ class MptDecoder(nn.Module):
         return self._linear(self.lm_head, normed)
 
     def _linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if _vector_product_applies(module, x):
+            return _vector_product(module, x)
         packed = self._packed.get(module)
         if packed is None:
             return F.linear(x, module.weight, module.bias)
         flat = cpu_kernels.packed_linear(x.reshape(-1, x.shape[-1]), packed, module.bias)
         return flat.view(*x.shape[:-1], -1)
+
+
+def _vector_product_applies(module: nn.Linear, x: torch.Tensor) -> bool:
+    """A product of one row on the CPU, being compiled, by a row-major matrix."""
+    return (torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() == x.shape[-1]
+            and module.weight.is_contiguous())
+
+
+def _vector_product(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`F.linear` of one row as a product and a sum, which inductor compiles into one loop
+    that reads the matrix once: on the CPU that reads it faster than the BLAS libraries'
+    matrix-vector products (the small MPT's 48 matrices: 15-18 ms a pass against 25-31 ms
+    with torch's or oneDNN's products, on a 2-core AMD EPYC). `as_strided` (a no-op here)
+    makes inductor store the row before the loop; otherwise it would compute the row's
+    producer (a GELU, a layer norm) again for every row of the matrix, which was slower
+    than the library products."""
+    row = x.reshape(1, -1)
+    row = torch.as_strided(row, row.shape, row.stride())
+    flat = (module.weight * row).sum(-1)
+    if module.bias is not None:
+        flat = flat + module.bias
+    return flat.view(*x.shape[:-1], -1)
