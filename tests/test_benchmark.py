@@ -97,3 +97,29 @@ def test_gpu_check_script_runs_the_engine_benchmark_and_keeps_its_log(tmp_path):
     report = json.loads((tmp_path / "mpt-engine-tiny.json").read_text())
     assert [p["concurrency"] for p in report["points"]] == [1, 1, 2, 2]
     assert "x the floor" in (tmp_path / "mpt-engine-tiny.md").read_text()
+
+
+def test_tree_cpu_seconds_counts_a_process_and_its_descendants():
+    """The frontend benchmark's CPU accounting: a process that only waits for its child, which
+    has burnt CPU, is charged for the child's time too."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from mosaic_serving.launcher.procfs import tree_cpu_seconds
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"])
+    try:
+        deadline = time.monotonic() + 30
+        while tree_cpu_seconds(parent.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = sum(psutil.Process(parent.pid).cpu_times()[:2])
+        assert tree_cpu_seconds(parent.pid) - own >= 0.25
+    finally:
+        for process in psutil.Process(parent.pid).children(recursive=True):
+            process.kill()
+        parent.kill()
+        parent.wait()
