@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -27,6 +28,15 @@ def _pids() -> list[int]:
     return [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
 
 
+def _all_stat_fields() -> Iterator[tuple[int, list[str]]]:
+    """(pid, `_stat_fields`) of every process, skipping those that end while being read."""
+    for pid in _pids():
+        try:
+            yield pid, _stat_fields(pid)
+        except OSError:
+            continue
+
+
 def group_alive(pgid: int) -> bool:
     """Whether a non-zombie process is left in the group (zombies may wait long for a reaper)."""
     if not PROC.is_dir():
@@ -35,38 +45,18 @@ def group_alive(pgid: int) -> bool:
             return True
         except ProcessLookupError:
             return False
-    for pid in _pids():
-        try:
-            fields = _stat_fields(pid)
-        except OSError:
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return any(len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z" for _, fields in _all_stat_fields())
 
 
 def children(pid: int) -> list[tuple[int, str]]:
     """(pid, state letter) of the direct children of `pid`."""
-    found = []
-    for child in _pids():
-        try:
-            fields = _stat_fields(child)
-        except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append((child, fields[0]))
-    return found
+    return [(child, fields[0]) for child, fields in _all_stat_fields() if len(fields) > 1 and int(fields[1]) == pid]
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """User and system CPU time so far of `pid` and its live descendants, in seconds."""
-    parent_and_ticks = {}
-    for process in _pids():
-        try:
-            fields = _stat_fields(process)
-        except OSError:
-            continue
-        parent_and_ticks[process] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    parent_and_ticks = {process: (int(fields[1]), int(fields[11]) + int(fields[12]))
+                        for process, fields in _all_stat_fields()}
     tree, added = set(), {pid}
     while added:
         tree |= added
