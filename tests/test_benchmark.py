@@ -1,11 +1,12 @@
-"""The benchmark tools: reading perf_analyzer's export, the target ratios, and the engine vs
-`model.generate` run (on the tiny shape here; `--shape mpt-7b` on a GPU host)."""
+"""The benchmark tools: reading perf_analyzer's export, the target ratios, the engine vs
+`model.generate` run (on the tiny shape here; `--shape mpt-7b` on a GPU host), and the engine
+against its peers (here against `generate` alone: CTranslate2 and vLLM need venvs of their own)."""
 
 import json
 
 import pytest
 
-from mosaic_serving.benchmark import mpt_engine
+from mosaic_serving.benchmark import mpt_engine, peers
 from mosaic_serving.benchmark.perf import measurement_from_export
 from mosaic_serving.benchmark.report import ratios
 from mosaic_serving.benchmark.stats import Measurement
@@ -68,6 +69,23 @@ def test_engine_benchmark_runs_both_ways_and_agrees_with_generate(tmp_path):
     saved = json.loads((tmp_path / "mpt-engine-tiny.json").read_text())
     assert saved["points"] == report["points"]
     assert "| 3 |" in (tmp_path / "mpt-engine-tiny.md").read_text()
+
+
+def test_peers_benchmark_times_each_engine_in_its_own_process_and_says_how_the_engine_decoded(tmp_path):
+    report = peers.main(["--size", "tiny", "--no-vllm", "--no-ctranslate2", "--rounds", "1", "--new-tokens", "3",
+                         "--compile-mode", "none", "--output", str(tmp_path)])
+    rows = {row["engine"]: row for row in report["engines"]}
+    assert list(rows) == ["engine", "generate"]
+    assert rows["generate"]["greedy_vs_engine"] == "identical"
+    assert rows["engine"]["decode_step"] == "decode step: compile_mode 'none'"
+    assert rows["generate"]["decode_step"] is None
+    assert all(row["tokens_per_s_b8"] > 0 and row["first_token_ms"] > 0 for row in rows.values())
+    assert report["skipped"] == {"vllm": "--no-vllm", "ctranslate2": "--no-ctranslate2"}
+    assert [row["batch"] for row in report["engine_sampling"]] == [8, 32]
+    markdown = (tmp_path / "peers-tiny.md").read_text()
+    assert "- engine: decode step: compile_mode 'none'" in markdown
+    assert "| ctranslate2 | not run: --no-ctranslate2 |" in markdown
+    assert json.loads((tmp_path / "peers-tiny.json").read_text())["engines"] == report["engines"]
 
 
 def test_random_model_only_chooses_tokens_the_tokenizer_can_decode():

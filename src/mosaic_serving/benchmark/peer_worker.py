@@ -4,7 +4,7 @@
 
 ENGINE is `engine` (this project's GenerationEngine), `generate` (transformers'
 `model.generate`, use_cache=True), `ctranslate2` or `vllm`. The worker loads the model once,
-prints `{"ready": ...}`, then answers one JSON line per request line on stdin:
+prints `{"ready": ...}` (with how this project's engine decodes, for the report), then answers one JSON line per request line on stdin:
 `{"prompts": [[token ids]...], "new_tokens": N, "sample": false}` ->
 `{"seconds": wall time, "outputs": [[token ids] or "text", ...]}`. Every request makes
 exactly N tokens (end-of-text ignored), so every engine does the same work.
@@ -60,6 +60,8 @@ class Engine:
         if "compile_mode" in inspect.signature(GenerationEngine).parameters:
             options["compile_mode"] = os.environ.get("PEERS_COMPILE_MODE", "auto")
         self.engine = GenerationEngine(model, tokenizer, max_batch_size=32, **options)
+        # how its steps run (on the CPU, "auto" picks the faster kernels by timing them at load)
+        self.decode_step = self.engine.decode_step() if hasattr(self.engine, "decode_step") else None
 
     def run(self, prompts: list[list[int]], new_tokens: int, sample: bool) -> list:
         import threading
@@ -139,7 +141,8 @@ def main() -> None:
     sys.stdout = sys.stderr
     began = time.perf_counter()
     worker = ENGINES[name](path)
-    print(json.dumps({"ready": True, "load_seconds": time.perf_counter() - began}), file=reply, flush=True)
+    print(json.dumps({"ready": True, "load_seconds": time.perf_counter() - began,
+                      "decode_step": getattr(worker, "decode_step", None)}), file=reply, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         began = time.perf_counter()

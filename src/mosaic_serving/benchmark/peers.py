@@ -94,6 +94,7 @@ class Worker:
             stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         ready = self._reply()
         self.load_seconds = ready["load_seconds"]
+        self.decode_step: str | None = ready.get("decode_step")  # this project's engine only
 
     def run(self, prompts: list[list[int]], new_tokens: int, sample: bool = False) -> dict:
         self.process.stdin.write(json.dumps({"prompts": prompts, "new_tokens": new_tokens, "sample": sample}) + "\n")
@@ -219,7 +220,8 @@ def report(results: dict, workers: dict[str, Worker], skipped: dict[str, str], f
                      "tokens_per_s_b1": round(new_tokens / batch1, 1),
                      "tokens_per_s_b8": round(8 * new_tokens / batch8, 1),
                      "first_token_ms": round(first * 1e3, 1), "load_s": round(worker.load_seconds, 1),
-                     "greedy_vs_engine": "-" if name == "engine" else agreement(results, name, meta["tokenizer"])})
+                     "greedy_vs_engine": "-" if name == "engine" else agreement(results, name, meta["tokenizer"]),
+                     "decode_step": worker.decode_step})
     sampling = []
     for batch in (8, 32):
         greedy = statistics.median(results[(f"greedy {batch}", "engine")]["seconds"])
@@ -234,7 +236,7 @@ def report(results: dict, workers: dict[str, Worker], skipped: dict[str, str], f
 
 def markdown(data: dict) -> str:
     lines = [
-        f"# Generation engine vs peers: {data['size']} MPT ({data['weights_mb']:.0f} MB fp32)", "",
+        f"# Generation engine vs peers: {data['size']} MPT ({data['weights_mb']:.3g} MB fp32)", "",
         f"{data['when']}; {data['machine']}; load average {data['load_average']} at start, "
         f"{data['load_average_end']} at the end; "
         f"{data['rounds']} interleaved rounds, medians; prompts of {PROMPT_TOKENS} tokens, "
@@ -248,10 +250,11 @@ def markdown(data: dict) -> str:
                      f"{row['tokens_per_s_b8']} | {row['first_token_ms']} | {row['greedy_vs_engine']} | "
                      f"{row['ms_per_token_b1'] / data['floor_ms_per_token']:.2f} |")
     floor = data["floor_ms_per_token"]
-    lines.append(f"| floor: fp32 weights read once per step ({data['weights_mb']:.0f} MB at "
+    lines.append(f"| floor: fp32 weights read once per step ({data['weights_mb']:.3g} MB at "
                  f"{data['bandwidth_gb_s']:.1f} GB/s) | {floor} | {1e3 / floor:.0f} | - | - | - | 1.00 |")
     for name, why in data["skipped"].items():
         lines.append(f"| {name} | not run: {why} | | | | | |")
+    lines += [""] + [f"- {row['engine']}: {row['decode_step']}" for row in data["engines"] if row["decode_step"]]
     lines += ["", "Engine, MosaicML's default sampling (temperature 0.8, top_p 0.95) against greedy:", "",
               "| batch | greedy tokens/s | sampled tokens/s | sampled / greedy time |", "|---|---|---|---|"]
     for row in data["engine_sampling"]:
