@@ -136,6 +136,7 @@ def test_compose_file_resolves_with_real_weights_gpu_and_localhost_ports(tools):
     assert env["MPT_MODEL"] == "mosaicml/mpt-7b-instruct"
     [cache] = [volume for volume in service["volumes"] if volume["target"] == env["HF_HOME"]]
     assert cache["type"] == "volume"
+    assert env["TORCHINDUCTOR_CACHE_DIR"].startswith(cache["target"] + "/")  # compiled steps survive restarts
 
     published = {port["target"]: (port["host_ip"], port["published"]) for port in service["ports"]}
     assert published == {8000: ("127.0.0.1", "8000"), 8001: ("127.0.0.1", "8001"), 8002: ("127.0.0.1", "8002")}
@@ -227,6 +228,7 @@ def test_default_chart_renders_valid_gpu_replicas_with_probes(tools):
     claim = objects["PersistentVolumeClaim"]["metadata"]["name"]
     assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == claim
     assert mounts["model-cache"] == env["HF_HOME"]
+    assert env["TORCHINDUCTOR_CACHE_DIR"].startswith(mounts["model-cache"] + "/")  # compiled steps survive pods
 
     service = objects["Service"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
