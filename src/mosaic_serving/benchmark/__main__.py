@@ -6,7 +6,7 @@
 Starts a Triton server on free ports, loads each model over a range of concurrency (gRPC;
 streaming for mpt), stops it, measures the in-process handler on the same inputs, and
 writes `<output>/<size>.json` and `<output>/<size>.md` with throughput, p50/p99 latency,
-time to first token, inter-token latency and the target ratios.
+time to first token, the gap between streamed pieces and the target ratios.
 """
 
 from __future__ import annotations

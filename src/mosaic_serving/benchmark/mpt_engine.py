@@ -8,8 +8,8 @@ parameters) with random weights directly on the device, in bf16 on a GPU (no dow
 disk). Random weights cost the same time per token as trained ones (same shapes, same
 kernels); only the text is gibberish. For each batch size it times, in one process:
 - `engine`: that many greedy requests submitted together to the continuous-batching
-  GenerationEngine (what the served `mpt` model runs), with time to first token and
-  inter-token latency per request;
+  GenerationEngine (what the served `mpt` model runs), with time to first token and the
+  gaps between its streamed pieces (a piece holds one token or more) per request;
 - `generate`: one `model.generate(use_cache=True)` call on a batch of that many rows,
   MosaicML's way (with the KV cache, which MPT's config leaves off by default).
 Every request makes exactly `new_tokens` tokens (no end-of-text stop). The floor is the
@@ -198,8 +198,8 @@ def _markdown(report: dict) -> str:
         f"{report['bandwidth_gb_s']} GB/s (measured here) = {report['floor_ms_per_token']:.3g} ms a token at "
         f"batch 1; the engine's batch-1 step ({report.get('engine_batch1_ms_per_token', '-')} ms a token after the "
         f"first) is {report.get('engine_batch1_x_floor', '-')} x the floor.", "",
-        "| batch | engine tok/s | generate tok/s | engine / generate | engine TTFT p50 ms | engine ITL p50 ms |"
-        " engine ITL p99 ms |",
+        "| batch | engine tok/s | generate tok/s | engine / generate | engine TTFT p50 ms | engine piece gap p50 ms |"
+        " engine piece gap p99 ms |",
         "|---|---|---|---|---|---|---|",
     ]
     by_mode = {(p["mode"], p["concurrency"]): p for p in report["points"]}

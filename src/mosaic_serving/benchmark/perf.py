@@ -2,7 +2,7 @@
 
 perf_analyzer drives the load; every request's send time and response times come from its
 `--profile-export-file`, so served and in-process figures are summarised the same way
-(`stats.Measurement`), time to first token and inter-token latency included.
+(`stats.Measurement`), time to first token and the gaps between streamed pieces included.
 """
 
 from __future__ import annotations

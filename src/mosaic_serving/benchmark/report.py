@@ -48,7 +48,7 @@ def write_report(report: dict, path: Path) -> None:
               for c in report["ratios"]]
     for name, points in report["models"].items():
         lines += ["", f"## {name}", "",
-                  "| mode | concurrency / batch | req/s | outputs/s | p50 ms | p99 ms | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |",
+                  "| mode | concurrency / batch | req/s | outputs/s | p50 ms | p99 ms | TTFT p50 | TTFT p99 | piece gap p50 | piece gap p99 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for p in points:
             cells = [p["mode"], p["concurrency"], p["requests_per_s"], p["outputs_per_s"], p["latency_p50_ms"],
