@@ -4,7 +4,8 @@
 
 ENGINE is `engine` (this project's GenerationEngine), `generate` (transformers'
 `model.generate`, use_cache=True), `ctranslate2` or `vllm`. The worker loads the model once,
-prints `{"ready": ...}` (with how this project's engine decodes, for the report), then answers one JSON line per request line on stdin:
+prints `{"ready": ...}` (with how this project's engine decodes, for the report), then
+answers one JSON line per request line on stdin:
 `{"prompts": [[token ids]...], "new_tokens": N, "sample": false}` ->
 `{"seconds": wall time, "outputs": [[token ids] or "text", ...]}`. Every request makes
 exactly N tokens (end-of-text ignored), so every engine does the same work.
