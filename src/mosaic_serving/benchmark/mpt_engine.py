@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     floor = _floor(weight_bytes(model), bandwidth)
     began = time.perf_counter()
     engine = GenerationEngine(model, tokenizer, max_batch_size=max(args.batch_sizes))
-    compile_mode = engine.decode_step()
-    print(f"engine loaded in {time.perf_counter() - began:.1f} s: {compile_mode}", flush=True)
+    decode_step = engine.decode_step()
+    print(f"engine loaded in {time.perf_counter() - began:.1f} s: {decode_step}", flush=True)
     params = SamplingParams(max_new_tokens=args.new_tokens, do_sample=False)
     agreement = greedy_agreement(model, engine, tokenizer, prompt_ids, args.new_tokens)
     points = []
@@ -167,12 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
         "shape": args.shape, "parameters": parameters, "dtype": str(dtype).removeprefix("torch."),
         "device": _device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
         "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, "greedy_engine_vs_generate": agreement,
-        "compile_mode": compile_mode, **floor, "points": [p.summary() for p in points],
+        "decode_step": decode_step, **floor, "points": [p.summary() for p in points],
         "peak_memory_gib": round(peak_memory / 2**30, 1) if peak_memory is not None else None,
     }
     batch1 = next((p for p in report["points"] if p["mode"] == "engine" and p["concurrency"] == 1), None)
     if batch1 is not None and args.new_tokens > 1:
-        # per token after the first: a streamed piece (ITL) can hold several tokens
+        # per token after the first: a streamed piece can hold several tokens
         per_token = (batch1["latency_p50_ms"] - batch1["ttft_p50_ms"]) / (args.new_tokens - 1)
         report["engine_batch1_ms_per_token"] = round(per_token, 3)
         report["engine_batch1_x_floor"] = round(per_token / floor["floor_ms_per_token"], 2)
@@ -193,7 +193,7 @@ def _markdown(report: dict) -> str:
         f"Device: {report['device']}, torch {report['torch']}; prompt {report['prompt_tokens']} tokens, "
         f"{report['new_tokens']} new tokens per request, greedy; engine's greedy text against generate's "
         f"(batch 1): {report['greedy_engine_vs_generate']}; {report['when']}, transformers "
-        f"{report['transformers']}; engine {report['compile_mode']}.", "",
+        f"{report['transformers']}; engine {report['decode_step']}.", "",
         f"Floor: {report['weights_bytes'] / 1e9:.2f} GB of weights read once per step at "
         f"{report['bandwidth_gb_s']} GB/s (measured here) = {report['floor_ms_per_token']:.3g} ms a token at "
         f"batch 1; the engine's batch-1 step ({report.get('engine_batch1_ms_per_token', '-')} ms a token after the "
